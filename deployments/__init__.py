@@ -1,0 +1,1 @@
+"""Model deployments: one module per framework, all behind ``deployments.base.ModelDeployment``."""

@@ -1,0 +1,159 @@
+"""Model signatures and the checks that turn decoded request tensors into model inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serve_app.errors import InvalidInput
+
+# numpy dtype -> TensorFlow DataType name, for TF Serving style metadata.
+_TF_DTYPES = {
+    "bool": "DT_BOOL",
+    "int8": "DT_INT8",
+    "int16": "DT_INT16",
+    "int32": "DT_INT32",
+    "int64": "DT_INT64",
+    "uint8": "DT_UINT8",
+    "uint16": "DT_UINT16",
+    "uint32": "DT_UINT32",
+    "uint64": "DT_UINT64",
+    "float16": "DT_HALF",
+    "float32": "DT_FLOAT",
+    "float64": "DT_DOUBLE",
+    "object": "DT_STRING",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: numpy dtype (``object`` for strings) and shape (-1 = any)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...] | None  # None: unknown rank
+    default: Any = None  # inputs only: a value used for every row when the input is absent
+
+    def to_tf_json(self) -> dict[str, Any]:
+        """TF Serving's JSON form of a TensorInfo."""
+        shape: dict[str, Any]
+        if self.shape is None:
+            shape = {"dim": [], "unknown_rank": True}
+        else:
+            dims = [{"size": str(d), "name": ""} for d in self.shape]
+            shape = {"dim": dims, "unknown_rank": False}
+        return {
+            "dtype": _TF_DTYPES.get(self.dtype.name, "DT_INVALID"),
+            "tensor_shape": shape,
+            "name": self.name,
+        }
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A named function of the model: named inputs to named outputs."""
+
+    name: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    method_name: str = "tensorflow/serving/predict"
+    required: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.required:
+            needed = tuple(n for n, spec in self.inputs.items() if spec.default is None)
+            object.__setattr__(self, "required", needed)
+
+    def to_tf_json(self) -> dict[str, Any]:
+        """TF Serving's JSON form of a SignatureDef."""
+        return {
+            "inputs": {n: s.to_tf_json() for n, s in self.inputs.items()},
+            "outputs": {n: s.to_tf_json() for n, s in self.outputs.items()},
+            "method_name": self.method_name,
+            "defaults": {},
+        }
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    """Model-ready inputs, their row count, and whether a trailing unit dim was added."""
+
+    tensors: dict[str, np.ndarray]
+    rows: int
+    expanded: bool
+
+
+def prepare_inputs(signature: Signature, raw: dict[str | None, np.ndarray]) -> PreparedInputs:
+    """Name, cast and shape-check decoded tensors against ``signature``."""
+    named = _assign_names(signature, raw)
+    prepared = {name: _conform(signature.inputs[name], array) for name, array in named.items()}
+    expanded = any(prepared[n].ndim != array.ndim for n, array in named.items())
+    rows = {name: array.shape[0] for name, array in prepared.items()}
+    if len(set(rows.values())) > 1:
+        raise InvalidInput(f"inputs disagree on the number of rows (dimension 0): {rows}")
+    count = next(iter(rows.values()))
+    if count == 0:
+        raise InvalidInput("the request has no rows (dimension 0 is empty)")
+    for name, spec in signature.inputs.items():
+        if name not in prepared and spec.default is not None:
+            prepared[name] = np.full((count,), spec.default, dtype=spec.dtype)
+    return PreparedInputs(prepared, count, expanded)
+
+
+def squeeze_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop a trailing unit dimension, mirroring an input sent one rank below the signature."""
+    return {n: a[..., 0] if a.ndim > 1 and a.shape[-1] == 1 else a for n, a in outputs.items()}
+
+
+def _assign_names(signature: Signature, raw: dict[str | None, np.ndarray]) -> dict[str, np.ndarray]:
+    expected = ", ".join(signature.inputs)
+    if None in raw:
+        if len(signature.required) != 1:
+            raise InvalidInput(
+                f"signature '{signature.name}' has inputs [{expected}]: send them by name"
+                " (objects in 'instances' or a mapping in 'inputs')"
+            )
+        return {signature.required[0]: raw[None]}
+    unknown = [name for name in raw if name not in signature.inputs]
+    if unknown:
+        raise InvalidInput(
+            f"unknown input(s) {unknown} for signature '{signature.name}' (expected: {expected})"
+        )
+    missing = [name for name in signature.required if name not in raw]
+    if missing:
+        raise InvalidInput(f"missing input(s) {missing} for signature '{signature.name}'")
+    return dict(raw)  # type: ignore[arg-type]
+
+
+def _conform(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    array = _cast(spec, array)
+    if spec.shape is None:
+        if array.ndim == 0:
+            raise InvalidInput(f"input '{spec.name}' needs a batch dimension")
+        return array
+    want = list(spec.shape)
+    # TF Serving accepts one rank less when the last dimension is 1 (a scalar per instance).
+    if array.ndim == len(want) - 1 and want[-1] == 1:
+        array = array[..., np.newaxis]
+    if array.ndim != len(want) or any(w not in (-1, g) for w, g in zip(want, array.shape)):
+        raise InvalidInput(
+            f"input '{spec.name}' expects shape {want} (-1 = any), got {list(array.shape)}"
+        )
+    return array
+
+
+def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    if spec.dtype.kind == "O":
+        if array.dtype.kind != "O":
+            raise InvalidInput(f"input '{spec.name}' expects strings, got numbers")
+        return array
+    if array.dtype.kind == "O":
+        raise InvalidInput(f"input '{spec.name}' expects {spec.dtype.name} numbers, got strings")
+    fractional = spec.dtype.kind in "iu" and array.dtype.kind == "f"
+    if fractional and not (np.all(np.isfinite(array)) and np.all(np.mod(array, 1) == 0)):
+        raise InvalidInput(f"input '{spec.name}' expects integers ({spec.dtype.name})")
+    if spec.dtype.kind == "b" and array.dtype.kind != "b":
+        raise InvalidInput(f"input '{spec.name}' expects booleans")
+    return array.astype(spec.dtype, copy=False)

@@ -1,0 +1,70 @@
+"""The application builder: ``import_path: serve_app.app:build_app`` in ``serve_config.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+from ray.serve.deployment import Deployment
+
+from serve_app.config import AppConfig, ModelSpec, parse_app_config
+
+INGRESS_NAME = "Ingress"  # capitalised, so it can never clash with a (lowercase) model name
+# A load failure is rarely transient; three tries, then `serve status` shows the reason.
+MAX_LOAD_ATTEMPTS = 3
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """One deployment per model, named after it, and the ingress bound to a name->handle map."""
+    config = parse_app_config(args)
+    handles = {
+        spec.name: model_deployment(spec).bind(spec_for_replica(spec)) for spec in config.models
+    }
+    ingress = _ingress_deployment(config)
+    return ingress.bind(handles, config.ingress.max_request_bytes)
+
+
+def model_deployment(spec: ModelSpec) -> Deployment:
+    """The Serve deployment of one model, with its resources, replicas and hot settings."""
+    if spec.framework == "tensorflow":
+        from deployments.tensorflow import TensorFlowDeployment as deployment
+    else:
+        from deployments.transformers import TransformersDeployment as deployment
+    actor_options: dict[str, Any] = {
+        "num_cpus": spec.resources.num_cpus,
+        "num_gpus": spec.resources.num_gpus,
+    }
+    if spec.resources.memory is not None:
+        actor_options["memory"] = spec.resources.memory
+    options: dict[str, Any] = {
+        "name": spec.name,
+        "ray_actor_options": actor_options,
+        "user_config": spec.hot_settings().model_dump(),
+        "max_ongoing_requests": spec.effective_max_ongoing_requests(),
+        "max_constructor_retry_count": MAX_LOAD_ATTEMPTS,
+    }
+    if spec.autoscaling is not None:
+        options["autoscaling_config"] = spec.autoscaling.model_dump(exclude_none=True)
+    else:
+        options["num_replicas"] = spec.num_replicas or 1
+    return deployment.options(**options)
+
+
+def spec_for_replica(spec: ModelSpec) -> dict[str, Any]:
+    """Load settings with a local ``uri`` made absolute, so replicas need not share our cwd."""
+    settings = spec.load_settings()
+    if "://" not in spec.uri:
+        settings["uri"] = str(Path(spec.uri).expanduser().resolve())
+    return settings
+
+
+def _ingress_deployment(config: AppConfig) -> Deployment:
+    from serve_app.ingress import Ingress
+
+    return Ingress.options(
+        name=INGRESS_NAME,
+        num_replicas=config.ingress.num_replicas,
+        ray_actor_options={"num_cpus": config.ingress.num_cpus},
+        max_ongoing_requests=1000,
+    )

@@ -1,0 +1,222 @@
+"""Strict schema of the application args in ``serve_config.yaml``.
+
+Ray Serve ignores unknown keys silently; we refuse them, naming the key and the model,
+so a typo such as ``max_batch_sise`` never turns into a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+TASKS = ("text-generation", "feature-extraction", "text-classification")
+
+
+class ConfigError(ValueError):
+    """The application args are invalid; the message names every bad key and model."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VersionPolicy(_Strict):
+    """Which versions of a model repository to serve (TF Serving's model_version_policy)."""
+
+    latest: Annotated[int, Field(ge=1)] | None = None
+    specific: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
+    all: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        chosen = [k for k in ("latest", "specific", "all") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "version_policy needs exactly one of latest: N, specific: [..], all: true"
+                f" (got {', '.join(chosen) or 'none'})"
+            )
+        return self
+
+
+class BatchingSpec(_Strict):
+    """Dynamic batching: rows (instances) per model call and how long to wait to fill it."""
+
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    batch_wait_timeout_s: Annotated[float, Field(ge=0, le=10)] = 0.005
+
+
+class ResourceSpec(_Strict):
+    """Per-replica resources, passed to Ray as ``ray_actor_options``."""
+
+    num_cpus: Annotated[float, Field(ge=0)] = 0.5
+    num_gpus: Annotated[float, Field(ge=0)] = 0
+    memory: Annotated[int, Field(ge=0, description="bytes")] | None = None
+
+
+class AutoscalingSpec(_Strict):
+    """Replica autoscaling, passed to Ray Serve's ``autoscaling_config``."""
+
+    min_replicas: Annotated[int, Field(ge=0)] = 1
+    max_replicas: Annotated[int, Field(ge=1)] = 1
+    target_ongoing_requests: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class HotSettings(_Strict):
+    """Settings a running replica applies in ``reconfigure`` (Serve's ``user_config``)."""
+
+    batching: BatchingSpec = BatchingSpec()
+
+
+class ModelSpec(_Strict):
+    """One model of the fleet: where it lives, how it is batched and placed."""
+
+    name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN, max_length=63)]
+    framework: Literal["tensorflow", "transformers"]
+    uri: Annotated[str, Field(min_length=1)]
+    task: Literal["text-generation", "feature-extraction", "text-classification"] | None = None
+    version_policy: VersionPolicy = VersionPolicy(latest=1)
+    batching: BatchingSpec = BatchingSpec()
+    resources: ResourceSpec = ResourceSpec()
+    num_replicas: Annotated[int, Field(ge=1)] | None = None
+    autoscaling: AutoscalingSpec | None = None
+    max_ongoing_requests: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if self.framework == "transformers" and self.task is None:
+            raise ValueError(f"task is required for transformers models (one of {list(TASKS)})")
+        if self.framework == "tensorflow" and self.task is not None:
+            raise ValueError("task applies only to transformers models")
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError("set num_replicas or autoscaling, not both")
+        return self
+
+    def hot_settings(self) -> HotSettings:
+        """The part of the spec that changes in place, through ``user_config``."""
+        return HotSettings(batching=self.batching)
+
+    def load_settings(self) -> dict[str, Any]:
+        """The part of the spec a replica needs at start; changing it restarts replicas."""
+        return self.model_dump(include={"name", "framework", "uri", "task", "version_policy"})
+
+    def effective_max_ongoing_requests(self) -> int:
+        """At least two full batches, so a batch can fill while the previous one runs."""
+        return self.max_ongoing_requests or max(8, 2 * self.batching.max_batch_size)
+
+
+class IngressSpec(_Strict):
+    """The HTTP ingress deployment."""
+
+    num_cpus: Annotated[float, Field(ge=0)] = 0.1
+    num_replicas: Annotated[int, Field(ge=1)] = 1
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+
+
+class AppConfig(_Strict):
+    """The application args: a fleet of models behind one ingress."""
+
+    models: Annotated[list[ModelSpec], Field(min_length=1)]
+    ingress: IngressSpec = IngressSpec()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AppConfig:
+        seen: set[str] = set()
+        for index, model in enumerate(self.models):
+            if model.name in seen:
+                raise ValueError(f"models[{index}]: duplicate model name '{model.name}'")
+            seen.add(model.name)
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        """The spec of the model called ``name``."""
+        return next(m for m in self.models if m.name == name)
+
+
+def parse_app_config(args: Any) -> AppConfig:
+    """Validate application args, raising ConfigError with one readable line per problem."""
+    if not isinstance(args, dict):
+        raise ConfigError(f"application args must be a mapping, got {type(args).__name__}")
+    try:
+        return AppConfig.model_validate(args)
+    except ValidationError as exc:
+        lines = [_describe(error, args) for error in exc.errors()]
+        raise ConfigError("invalid application args:\n  " + "\n  ".join(lines)) from None
+
+
+def parse_hot_settings(user_config: Any, model_name: str) -> HotSettings:
+    """Validate a replica's ``user_config`` with the same strictness as the app args."""
+    try:
+        return HotSettings.model_validate(user_config or {})
+    except ValidationError as exc:
+        lines = [_describe(error, user_config, HotSettings) for error in exc.errors()]
+        raise ConfigError(
+            f"invalid user_config for model '{model_name}':\n  " + "\n  ".join(lines)
+        ) from None
+
+
+def _describe(error: dict, args: Any, root: type[BaseModel] = AppConfig) -> str:
+    """One line for a pydantic error: where (with the model's name), what, what is allowed."""
+    loc = list(error["loc"])
+    where = _format_location(loc, args)
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(root, loc[:-1])
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"{where}: unknown key '{loc[-1]}'{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def _format_location(loc: list, args: Any) -> str:
+    """``model 'digits' (models[0]): batching.max_batch_size`` style locations."""
+    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        models = args.get("models") if isinstance(args, dict) else None
+        entry = models[loc[1]] if isinstance(models, list) and loc[1] < len(models) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        label = (
+            f"model '{name}' (models[{loc[1]}])" if isinstance(name, str) else f"models[{loc[1]}]"
+        )
+        rest = ".".join(str(part) for part in loc[2:])
+        return f"{label}: {rest}" if rest else label
+    return ".".join(str(part) for part in loc)
+
+
+def _allowed_keys(root: type[BaseModel], loc: list) -> list[str]:
+    """The keys accepted at ``loc``, by walking the schema along it."""
+    current: Any = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside Optional[...] / list[...] / Annotated[...], if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType, list, Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,1 @@
+"""Pure protocol codecs: JSON bodies <-> numpy tensors. No Ray, no FastAPI here."""

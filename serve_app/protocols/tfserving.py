@@ -1,0 +1,166 @@
+"""TensorFlow Serving REST: paths, predict request decoding and response encoding.
+
+Follows tensorflow_serving/g3doc/api_rest.md: row (``instances``) and columnar (``inputs``)
+formats, ``{"b64": ...}`` binary values, single-output responses without the output name.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serve_app.errors import InvalidInput, NotFound
+from serve_app.request import PredictRequest
+
+# TF Serving matches these paths case-insensitively (http_rest_api_util.cc).
+_MODEL_PATH = re.compile(
+    r"^(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<suffix>/metadata|:predict|:classify|:regress)?$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class ModelPath:
+    """A parsed ``/v1/models/...`` path."""
+
+    name: str
+    version: int | None
+    label: str | None
+    action: str  # "status", "metadata", "predict", "classify" or "regress"
+
+
+def parse_model_path(path: str) -> ModelPath:
+    """Parse the part of a TF Serving REST path after ``/v1/models/``."""
+    match = _MODEL_PATH.match(path)
+    if match is None:
+        raise NotFound(f"malformed request path /v1/models/{path}")
+    suffix = (match["suffix"] or "").lower().lstrip("/:")
+    version = int(match["version"]) if match["version"] is not None else None
+    if version is not None and version < 0:
+        raise InvalidInput(f"version must be a non-negative integer, got {version}")
+    return ModelPath(match["name"], version, match["label"], suffix or "status")
+
+
+def decode_predict(body: Any) -> tuple[PredictRequest, bool]:
+    """A predict body -> (request, row_format). Row format answers with ``predictions``."""
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object with 'instances' or 'inputs'")
+    unknown = sorted(set(body) - {"signature_name", "instances", "inputs"})
+    if unknown:
+        raise InvalidInput(
+            f"unknown key(s) {unknown} in predict request"
+            " (expected: signature_name, instances or inputs)"
+        )
+    signature = body.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise InvalidInput("'signature_name' must be a string")
+    if ("instances" in body) == ("inputs" in body):
+        raise InvalidInput("predict request needs exactly one of 'instances' or 'inputs'")
+    if "instances" in body:
+        return PredictRequest(_decode_instances(body["instances"]), signature), True
+    return PredictRequest(_decode_columns(body["inputs"]), signature), False
+
+
+def _decode_instances(instances: Any) -> dict[str | None, np.ndarray]:
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("'instances' must be a non-empty list")
+    if not any(isinstance(row, dict) and not _is_b64(row) for row in instances):
+        return {None: to_array(instances, "instances")}
+    if not all(isinstance(row, dict) and not _is_b64(row) for row in instances):
+        raise InvalidInput("'instances' mixes named (object) and unnamed rows")
+    names = list(instances[0])
+    for index, row in enumerate(instances):
+        if sorted(row) != sorted(names):
+            raise InvalidInput(
+                f"instances[{index}] has inputs {sorted(row)}, expected {sorted(names)}"
+                " (every instance must name the same inputs)"
+            )
+    return {name: to_array([row[name] for row in instances], name) for name in names}
+
+
+def _decode_columns(inputs: Any) -> dict[str | None, np.ndarray]:
+    if isinstance(inputs, dict) and not _is_b64(inputs):
+        if not inputs:
+            raise InvalidInput("'inputs' must not be empty")
+        return {name: to_array(value, name) for name, value in inputs.items()}
+    return {None: to_array(inputs, "inputs")}
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _unwrap_b64(value: Any, name: str) -> Any:
+    if isinstance(value, list):
+        return [_unwrap_b64(item, name) for item in value]
+    if _is_b64(value):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, TypeError):
+            raise InvalidInput(f"input '{name}' has a 'b64' value that is not base64") from None
+    if isinstance(value, dict):
+        raise InvalidInput(f"input '{name}' contains an object; expected numbers, strings or b64")
+    return value
+
+
+def to_array(value: Any, name: str) -> np.ndarray:
+    """JSON value -> numpy array; strings and bytes become an object array."""
+    value = _unwrap_b64(value, name)
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise InvalidInput(
+            f"input '{name}' is ragged: every row must have the same shape"
+        ) from None
+    if array.dtype.kind in "USO":
+        array = array.astype(object)
+        if any(isinstance(item, (list, dict)) for item in array.flat):
+            raise InvalidInput(f"input '{name}' is ragged: every row must have the same shape")
+        if not all(isinstance(item, (str, bytes)) for item in array.flat):
+            raise InvalidInput(f"input '{name}' mixes strings and numbers")
+    elif array.dtype.kind not in "biuf":
+        raise InvalidInput(f"input '{name}' has unsupported values ({array.dtype})")
+    return array
+
+
+def encode_predict(outputs: dict[str, np.ndarray], row_format: bool) -> dict[str, Any]:
+    """Model outputs -> ``{"predictions": ...}`` (row) or ``{"outputs": ...}`` (columnar)."""
+    if row_format:
+        if len(outputs) == 1:
+            ((name, array),) = outputs.items()
+            return {"predictions": _to_json(array, name)}
+        columns = {name: _to_json(array, name) for name, array in outputs.items()}
+        rows = len(next(iter(columns.values())))
+        return {
+            "predictions": [{name: col[i] for name, col in columns.items()} for i in range(rows)]
+        }
+    if len(outputs) == 1:
+        ((name, array),) = outputs.items()
+        return {"outputs": _to_json(array, name)}
+    return {"outputs": {name: _to_json(array, name) for name, array in outputs.items()}}
+
+
+def _to_json(array: np.ndarray, name: str) -> Any:
+    if array.dtype.kind != "O":
+        return array.tolist()
+    # TF Serving base64-encodes outputs named *_bytes; other byte strings are text.
+    as_b64 = name.endswith("_bytes")
+    return np.vectorize(lambda item: _bytes_to_json(item, as_b64), otypes=[object])(array).tolist()
+
+
+def _bytes_to_json(item: Any, as_b64: bool) -> Any:
+    if not isinstance(item, bytes):
+        return item
+    if as_b64:
+        return {"b64": base64.b64encode(item).decode("ascii")}
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(item).decode("ascii")}

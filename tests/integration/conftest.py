@@ -1,0 +1,80 @@
+"""One Ray cluster and one Serve instance for the whole integration session.
+
+Applications are deployed the way ``serve run serve_config.yaml`` and ``serve deploy`` do it:
+a Serve config whose application runs ``serve_app.app:build_app`` on the cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.examples import build_model_repository
+from tests.helpers import free_port, wait_for
+
+# Logical CPUs for scheduling fractional replicas; the machine has 2 real cores.
+RAY_CPUS = 6
+APP_START_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default fleet's models, built offline into a temporary repository."""
+    root = tmp_path_factory.mktemp("model_repository")
+    build_model_repository(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def serve_url() -> Iterator[str]:
+    """Start Ray and Serve once; tear both down at the end, leaving no processes behind."""
+    port = free_port()
+    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+# Every application deployed so far: a Serve config lists them all, or Serve deletes the rest.
+_applications: dict[str, dict[str, Any]] = {}
+
+
+def deploy(app_name: str, args: dict[str, Any], deployments: list[dict] | None = None) -> None:
+    """Deploy one application from a Serve config, as `serve deploy` / `serve run` do."""
+    application: dict[str, Any] = {
+        "name": app_name,
+        "route_prefix": "/" if app_name == "fleet" else f"/{app_name}",
+        "import_path": "serve_app.app:build_app",
+        "args": copy.deepcopy(args),
+    }
+    if deployments:
+        application["deployments"] = deployments
+    _applications[app_name] = application
+    config = ServeDeploySchema.model_validate({"applications": list(_applications.values())})
+    serve.context._get_global_client().deploy_apps(config, _blocking=False)
+
+
+def deploy_and_wait(
+    app_name: str,
+    args: dict[str, Any],
+    deployments: list[dict] | None = None,
+    expect: tuple[str, ...] = ("RUNNING",),
+) -> Any:
+    """Deploy and wait until the application reaches one of ``expect``; return its status."""
+    deploy(app_name, args, deployments)
+
+    def settled() -> Any:
+        app = serve.status().applications.get(app_name)
+        return app if app is not None and app.status.value in expect else None
+
+    return wait_for(settled, APP_START_TIMEOUT_S, f"application '{app_name}' to reach {expect}")
