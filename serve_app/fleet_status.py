@@ -51,18 +51,24 @@ class FleetStatus:
         self.model_names = model_names
         self.health: dict[str, ModelHealth] = {}
         self._task: asyncio.Task | None = None
+        self._first_read: asyncio.Event | None = None
 
-    def start(self) -> None:
-        """Begin polling on the running event loop."""
+    async def ready(self) -> None:
+        """Start polling on first use and wait for the first view of the fleet."""
         if self._task is None:
+            self._first_read = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._poll_forever())
+        assert self._first_read is not None
+        await self._first_read.wait()
 
     async def _poll_forever(self) -> None:
+        assert self._first_read is not None
         while True:
             try:
                 self.health = await asyncio.to_thread(self._read)
             except Exception:  # the controller may be restarting; keep the last view
                 logger.warning("could not read Serve status", exc_info=True)
+            self._first_read.set()
             await asyncio.sleep(POLL_INTERVAL_S)
 
     def _read(self) -> dict[str, ModelHealth]:

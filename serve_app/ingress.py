@@ -3,6 +3,7 @@
 HTTP only: no TensorFlow or torch is imported here, so the ingress starts fast and stays small.
 """
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -11,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.errors import (
@@ -22,6 +23,7 @@ from serve_app.errors import (
     ServingError,
     tfserving_error_body,
 )
+from serve_app.fleet_status import POLL_INTERVAL_S as FLEET_POLL_INTERVAL_S
 from serve_app.fleet_status import FleetStatus
 from serve_app.protocols import tfserving
 
@@ -53,16 +55,13 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
     return JSONWithNaN({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
 
-async def _call(response: Any) -> Any:
-    """Await a handle call, turning a dead or missing replica into 503, not a 500."""
+async def _result(response: DeploymentResponse) -> Any:
     try:
         return await response
     except ServingError:
         raise
-    except Exception as exc:
-        if isinstance(exc, RayActorError):
-            raise ModelUnavailable(f"the model's replica died: {type(exc).__name__}") from None
-        raise
+    except RayActorError as exc:
+        raise ModelUnavailable(f"the model's replica died ({type(exc).__name__})") from None
 
 
 @serve.deployment
@@ -76,14 +75,32 @@ class Ingress:
         context = serve.get_replica_context()
         self.fleet = FleetStatus(context.app_name, list(handles))
 
-    def _handle(self, name: str) -> DeploymentHandle:
+    async def _handle(self, name: str) -> DeploymentHandle:
         handle = self.handles.get(name)
         if handle is None:
             known = ", ".join(sorted(self.handles))
             raise NotFound(f"model '{name}' not found (known models: {known})")
-        self.fleet.start()
+        await self.fleet.ready()
         self.fleet.check(name)
         return handle
+
+    async def _answer(self, name: str, response: DeploymentResponse) -> Any:
+        """Await a model's answer; give up with 503 if the model fails meanwhile, never hang.
+
+        A call queued for a deployment whose replicas all failed to start would wait forever,
+        so the fleet status is re-checked while it waits.
+        """
+        call = asyncio.ensure_future(_result(response))
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=FLEET_POLL_INTERVAL_S)
+                if done:
+                    return call.result()
+                self.fleet.check(name)
+        except ModelUnavailable:
+            response.cancel()
+            call.cancel()
+            raise
 
     async def _json_body(self, request: Request) -> Any:
         declared = request.headers.get("content-length")
@@ -108,16 +125,18 @@ class Ingress:
     async def tfserving_get(self, path: str) -> Response:
         """Model status, or ``.../metadata``."""
         route = tfserving.parse_model_path(path)
-        handle = self._handle(route.name)
+        handle = await self._handle(route.name)
         if route.action == "status":
-            statuses = await _call(handle.model_status.remote())
+            statuses = await self._answer(route.name, handle.model_status.remote())
             if route.version is not None:
                 statuses = [s for s in statuses if s["version"] == str(route.version)]
                 if not statuses:
                     raise NotFound(f"model '{route.name}' version {route.version} not found")
             return JSONWithNaN({"model_version_status": statuses})
         if route.action == "metadata":
-            return JSONWithNaN(await _call(handle.model_metadata.remote(route.version)))
+            return JSONWithNaN(
+                await self._answer(route.name, handle.model_metadata.remote(route.version))
+            )
         raise NotFound(f"use POST for /v1/models/{path}")
 
     @api.post("/v1/models/{path:path}")
@@ -126,14 +145,15 @@ class Ingress:
         route = tfserving.parse_model_path(path)
         if route.action != "predict":
             raise NotFound(f"/v1/models/{path}: supported here is ':predict'")
-        handle = self._handle(route.name)
+        handle = await self._handle(route.name)
         predict_request, row_format = tfserving.decode_predict(await self._json_body(request))
         predict_request.version = route.version
         predict_request.label = route.label
-        outputs = await _call(handle.predict.remote(predict_request))
+        outputs = await self._answer(route.name, handle.predict.remote(predict_request))
         return JSONWithNaN(tfserving.encode_predict(outputs, row_format))
 
     @api.get("/v2/models/{name}/stats")
     async def model_stats(self, name: str) -> Response:
         """Batching statistics of one replica (Triton's statistics extension shape)."""
-        return JSONWithNaN(await _call(self._handle(name).model_stats.remote()))
+        handle = await self._handle(name)
+        return JSONWithNaN(await self._answer(name, handle.model_stats.remote()))

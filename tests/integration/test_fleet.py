@@ -353,3 +353,25 @@ def test_config_error_names_the_bad_key_and_model(serve_url: str, model_repo: Pa
     assert "model 'digits'" in app.message
     assert "unknown key 'max_batch_sise'" in app.message
     assert "max_batch_size" in app.message  # names what is allowed
+
+
+def test_a_request_waiting_on_a_failing_model_gets_503_not_a_hang(
+    serve_url: str, tmp_path: Path
+) -> None:
+    """Whether the request arrives before or after Serve gives up on the model, it ends."""
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "model.keras").write_bytes(b"corrupt")
+    args = {"models": [{"name": "late", "framework": "tensorflow", "uri": str(tmp_path)}]}
+    deploy("late", args)
+    wait_for(  # the fleet's ingress at "/" answers until the proxy routes /late
+        lambda: (
+            "known models: late" in requests.get(f"{serve_url}/late/v1/models/x", timeout=5).text
+        ),
+        120,
+        "the ingress of application 'late'",
+    )
+    response = requests.post(
+        f"{serve_url}/late/v1/models/late:predict", json={"instances": [[1.0]]}, timeout=120
+    )
+    assert response.status_code == 503
+    assert "failed to load" in response.json()["error"]
