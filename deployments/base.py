@@ -10,6 +10,7 @@ metadata and statistics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -27,14 +28,20 @@ from deployments.batching import (
     concat_outputs,
     count_rows,
     group_compatible,
+    parameters_key,
     slice_rows,
     split_outputs,
 )
-from deployments.signature import Signature, prepare_inputs, squeeze_outputs
-from serve_app.config import HotSettings, ModelSpec, parse_hot_settings
-from serve_app.errors import ModelLoadError, NotFound, ServingError
-from serve_app.request import PredictRequest
-from serve_app.store import open_store, select_versions
+from deployments.signature import (
+    Signature,
+    prepare_inputs,
+    requested_outputs,
+    squeeze_outputs,
+)
+from serve_app.config import HotSettings, ModelSpec, StoreSpec, parse_hot_settings
+from serve_app.errors import InvalidInput, ModelLoadError, NotFound, ServingError
+from serve_app.request import PREDICT, PredictRequest
+from serve_app.store import open_store, select_versions, store_notice
 
 logger = logging.getLogger("ray.serve")
 
@@ -44,9 +51,15 @@ DEFAULT_SIGNATURE = "serving_default"
 class ModelDeployment:
     """One model, loaded once per replica, served with dynamic batching."""
 
+    platform = "unknown"  # the Open Inference Protocol's platform name
+
     def __init__(self, load_settings: dict[str, Any]) -> None:
-        self.spec = ModelSpec.model_validate(load_settings)
+        settings = dict(load_settings)
+        # The app-level store settings travel with each model's load settings.
+        self.store_settings = StoreSpec.model_validate(settings.pop("store", None) or {})
+        self.spec = ModelSpec.model_validate(settings)
         self.name = self.spec.name
+        self.store_notice = ""
         self.hot = HotSettings()
         self.stats = BatchStats()
         # One thread: model calls run off the event loop, one batch at a time.
@@ -59,10 +72,16 @@ class ModelDeployment:
         )
 
     def _load_latest(self) -> int:
-        store = open_store(self.spec.uri)
+        store = open_store(self.spec.uri, self.store_settings)
+        # Kept for the replica's life: a cached gs:// version stays leased (never evicted).
+        self._store = store
         version = select_versions(store.list_versions(), self.spec.version_policy, store.uri)[-1]
         try:
-            self.load(store.fetch(version))
+            path = store.fetch(version)
+            self.store_notice = store_notice(store)
+            if self.store_notice:
+                logger.warning("model '%s': %s", self.name, self.store_notice)
+            self.load(path)
         except ServingError:
             raise
         except Exception as exc:  # any framework error becomes a readable load failure
@@ -82,12 +101,30 @@ class ModelDeployment:
         """The model's signatures by name; ``serving_default`` is used when none is named."""
         raise NotImplementedError
 
-    def infer(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One blocking model call on a batch; every output has the batch's rows in dim 0."""
+    def infer(
+        self, signature: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """One blocking model call on a batch; every output has the batch's rows in dim 0.
+
+        Every row of the batch shares ``parameters`` (requests are grouped by them).
+        """
         raise NotImplementedError
 
-    def check_request(self, inputs: dict[str, np.ndarray]) -> None:
-        """Framework-specific checks of one request's inputs, before it joins a batch."""
+    def check_request(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]) -> None:
+        """Framework checks of one request's inputs and parameters, before it joins a batch."""
+        if parameters:
+            raise InvalidInput(
+                f"model '{self.name}' takes no parameters (got {sorted(parameters)})"
+            )
+
+    def example_inputs(
+        self, signature: Signature, method: str, examples: list[dict[str, Any]]
+    ) -> dict[str | None, np.ndarray]:
+        """Inputs of a classify/regress request; only TensorFlow models have such signatures."""
+        raise InvalidInput(
+            f"model '{self.name}' has no {method} signature: {method} needs a TensorFlow"
+            " SavedModel with a tensorflow/serving/" + method + " signature"
+        )
 
     def signature_defs(self) -> dict[str, Any]:
         """Signatures in TF Serving's metadata JSON form."""
@@ -105,21 +142,33 @@ class ModelDeployment:
         """Validate one request, batch its rows with other requests', return its outputs."""
         self._check_version(request)
         signature = self._signature(request.signature_name)
-        prepared = prepare_inputs(signature, request.inputs)
-        self.check_request(prepared.tensors)
+        raw = request.inputs
+        if request.method != PREDICT:
+            raw = self.example_inputs(signature, request.method, request.examples or [])
+        prepared = prepare_inputs(signature, raw, request.exact_dtypes)
+        self.check_request(prepared.tensors, request.parameters)
+        wanted = requested_outputs(signature, request.outputs)
         # A request larger than one batch is cut into batch-sized chunks.
         limit, rows = self.hot.batching.max_batch_size, prepared.rows
+        group = parameters_key(request.parameters)
         chunks = [
             BatchItem(
                 signature.name,
                 slice_rows(prepared.tensors, start, min(start + limit, rows)),
                 min(limit, rows - start),
+                request.parameters,
+                group,
             )
             for start in range(0, rows, limit)
         ]
         outputs = concat_outputs(list(await asyncio.gather(*map(self._submit, chunks))))
+        outputs = {name: outputs[name] for name in wanted}
         # TF Serving answers a scalar-per-instance request with scalars per instance.
         return squeeze_outputs(outputs) if prepared.expanded else outputs
+
+    async def predict_versioned(self, request: PredictRequest) -> tuple[int, dict[str, np.ndarray]]:
+        """``predict``, and the version that answered (protocols that report it)."""
+        return self.version, await self.predict(request)
 
     async def _submit(self, item: BatchItem) -> dict[str, np.ndarray]:
         result = await self._run_batch(item)
@@ -133,11 +182,11 @@ class ModelDeployment:
         loop = asyncio.get_running_loop()
         for group in group_compatible(items):
             members = [items[i] for i in group]
-            inputs = concat_inputs(members)
+            call = functools.partial(
+                self.infer, members[0].signature, concat_inputs(members), members[0].parameters
+            )
             try:
-                outputs = await loop.run_in_executor(
-                    self._executor, self.infer, members[0].signature, inputs
-                )
+                outputs = await loop.run_in_executor(self._executor, call)
             except ServingError as exc:
                 outputs = exc
             except Exception as exc:  # a failing batch answers its own requests, nothing else
@@ -147,8 +196,7 @@ class ModelDeployment:
                 for i in group:
                     results[i] = outputs
                 continue
-            rows = sum(m.rows for m in members)
-            self.stats.record(rows)
+            self.stats.record(sum(m.rows for m in members))
             for i, part in zip(group, split_outputs(outputs, [m.rows for m in members])):
                 results[i] = part
         return results  # an exception here is raised to its own caller by _submit
@@ -159,7 +207,8 @@ class ModelDeployment:
             {
                 "version": str(self.version),
                 "state": "AVAILABLE",
-                "status": {"error_code": "OK", "error_message": ""},
+                # e.g. "serving version 3 from cache: gs://... cannot be reached (...)"
+                "status": {"error_code": "OK", "error_message": self.store_notice},
             }
         ]
 
@@ -169,6 +218,19 @@ class ModelDeployment:
         return {
             "model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
             "metadata": {"signature_def": {"signature_def": self.signature_defs()}},
+        }
+
+    async def model_io(self, version: int | None = None) -> dict[str, Any]:
+        """Platform, versions and the default signature's public inputs/outputs."""
+        self._check_version(PredictRequest({}, version=version))
+        signature = self._signature("")
+        return {
+            "platform": self.platform,
+            "versions": [self.version],
+            "inputs": [(s.name, s.dtype.name, s.shape) for s in signature.inputs.values()],
+            "outputs": [
+                (s.name, s.dtype.name, s.shape) for s in signature.public_outputs().values()
+            ],
         }
 
     async def model_stats(self) -> dict[str, Any]:

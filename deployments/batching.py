@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +18,20 @@ class BatchItem:
     signature: str
     inputs: dict[str, np.ndarray]
     rows: int
+    parameters: dict[str, Any] = field(default_factory=dict)
+    group: str = ""  # items share a model call only if their groups are equal
+
+
+def parameters_key(parameters: dict[str, Any]) -> str:
+    """The batching group of a request's parameters.
+
+    Requests with equal parameters may share a model call. A seeded request gets a group of
+    its own, so its random draws never depend on which other requests it was batched with.
+    """
+    if not parameters:
+        return ""
+    key = json.dumps(parameters, sort_keys=True, default=str)
+    return f"{key}#{uuid.uuid4().hex}" if parameters.get("seed") is not None else key
 
 
 def count_rows(items: list[BatchItem]) -> int:
@@ -28,6 +45,7 @@ def group_compatible(items: list[BatchItem]) -> list[list[int]]:
     for index, item in enumerate(items):
         key = (
             item.signature,
+            item.group,
             tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in item.inputs.items())),
         )
         groups.setdefault(key, []).append(index)

@@ -7,24 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from serve_app.dtypes import tf_datatype, v2_datatype
 from serve_app.errors import InvalidInput
-
-# numpy dtype -> TensorFlow DataType name, for TF Serving style metadata.
-_TF_DTYPES = {
-    "bool": "DT_BOOL",
-    "int8": "DT_INT8",
-    "int16": "DT_INT16",
-    "int32": "DT_INT32",
-    "int64": "DT_INT64",
-    "uint8": "DT_UINT8",
-    "uint16": "DT_UINT16",
-    "uint32": "DT_UINT32",
-    "uint64": "DT_UINT64",
-    "float16": "DT_HALF",
-    "float32": "DT_FLOAT",
-    "float64": "DT_DOUBLE",
-    "object": "DT_STRING",
-}
+from serve_app.request import INTERNAL_PREFIX
 
 
 @dataclass(frozen=True)
@@ -45,7 +30,7 @@ class TensorSpec:
             dims = [{"size": str(d), "name": ""} for d in self.shape]
             shape = {"dim": dims, "unknown_rank": False}
         return {
-            "dtype": _TF_DTYPES.get(self.dtype.name, "DT_INVALID"),
+            "dtype": tf_datatype(self.dtype),
             "tensor_shape": shape,
             "name": self.name,
         }
@@ -66,11 +51,15 @@ class Signature:
             needed = tuple(n for n, spec in self.inputs.items() if spec.default is None)
             object.__setattr__(self, "required", needed)
 
+    def public_outputs(self) -> dict[str, TensorSpec]:
+        """Outputs for clients; internal ones (``_`` names) serve protocol adapters."""
+        return {n: s for n, s in self.outputs.items() if not n.startswith(INTERNAL_PREFIX)}
+
     def to_tf_json(self) -> dict[str, Any]:
         """TF Serving's JSON form of a SignatureDef."""
         return {
             "inputs": {n: s.to_tf_json() for n, s in self.inputs.items()},
-            "outputs": {n: s.to_tf_json() for n, s in self.outputs.items()},
+            "outputs": {n: s.to_tf_json() for n, s in self.public_outputs().items()},
             "method_name": self.method_name,
             "defaults": {},
         }
@@ -85,9 +74,18 @@ class PreparedInputs:
     expanded: bool
 
 
-def prepare_inputs(signature: Signature, raw: dict[str | None, np.ndarray]) -> PreparedInputs:
-    """Name, cast and shape-check decoded tensors against ``signature``."""
+def prepare_inputs(
+    signature: Signature, raw: dict[str | None, np.ndarray], exact_dtypes: bool = False
+) -> PreparedInputs:
+    """Name, cast and shape-check decoded tensors against ``signature``.
+
+    JSON numbers carry no dtype, so they are cast to the signature's; with ``exact_dtypes``
+    (a protocol that declares datatypes) a declared datatype must match the signature's.
+    """
     named = _assign_names(signature, raw)
+    if exact_dtypes:
+        for name, array in named.items():
+            _require_dtype(signature.inputs[name], array)
     prepared = {name: _conform(signature.inputs[name], array) for name, array in named.items()}
     expanded = any(prepared[n].ndim != array.ndim for n, array in named.items())
     rows = {name: array.shape[0] for name, array in prepared.items()}
@@ -100,6 +98,20 @@ def prepare_inputs(signature: Signature, raw: dict[str | None, np.ndarray]) -> P
         if name not in prepared and spec.default is not None:
             prepared[name] = np.full((count,), spec.default, dtype=spec.dtype)
     return PreparedInputs(prepared, count, expanded)
+
+
+def requested_outputs(signature: Signature, requested: list[str] | None) -> list[str]:
+    """The outputs to return: the requested ones (checked), else every public output."""
+    if requested is None:
+        return [name for name in signature.outputs if not name.startswith(INTERNAL_PREFIX)]
+    unknown = [name for name in requested if name not in signature.outputs]
+    if unknown:
+        public = [n for n in signature.outputs if not n.startswith(INTERNAL_PREFIX)]
+        raise InvalidInput(
+            f"unknown output(s) {unknown} for signature '{signature.name}'"
+            f" (available: {', '.join(public)})"
+        )
+    return list(dict.fromkeys(requested))
 
 
 def squeeze_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -125,6 +137,21 @@ def _assign_names(signature: Signature, raw: dict[str | None, np.ndarray]) -> di
     if missing:
         raise InvalidInput(f"missing input(s) {missing} for signature '{signature.name}'")
     return dict(raw)  # type: ignore[arg-type]
+
+
+def _require_dtype(spec: TensorSpec, array: np.ndarray) -> None:
+    if array.dtype != spec.dtype:
+        raise InvalidInput(
+            f"input '{spec.name}' has datatype {_v2_name(array.dtype)},"
+            f" the model expects {_v2_name(spec.dtype)}"
+        )
+
+
+def _v2_name(dtype: np.dtype) -> str:
+    try:
+        return v2_datatype(dtype)
+    except KeyError:
+        return dtype.name
 
 
 def _conform(spec: TensorSpec, array: np.ndarray) -> np.ndarray:

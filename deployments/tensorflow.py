@@ -13,10 +13,11 @@ from ray import serve
 
 from deployments.base import DEFAULT_SIGNATURE, ModelDeployment
 from deployments.signature import Signature, TensorSpec
-from serve_app.errors import ModelLoadError
+from serve_app.errors import InvalidInput, ModelLoadError
 
 KERAS_FILE = "model.keras"
 SAVED_MODEL_FILE = "saved_model.pb"
+PREDICT_METHOD = "tensorflow/serving/predict"
 
 
 class TensorFlowModel(ModelDeployment):
@@ -50,6 +51,7 @@ class TensorFlowModel(ModelDeployment):
             for n, t in zip(names, model.outputs)
         }
         self._keras_model = model
+        self.platform = "tensorflow_keras"
         self._signatures = {DEFAULT_SIGNATURE: Signature(DEFAULT_SIGNATURE, inputs, outputs)}
         self._signature_json = None
         self._functions: dict[str, Any] = {}
@@ -58,9 +60,11 @@ class TensorFlowModel(ModelDeployment):
         tf = self._tf
         loaded = tf.saved_model.load(str(path))
         self._saved_model = loaded  # keeps the signature functions' variables alive
+        self.platform = "tensorflow_savedmodel"
         self._functions = dict(loaded.signatures)
         if not self._functions:
             raise ModelLoadError(f"model '{self.name}': the SavedModel has no signatures")
+        self._signature_json = _signature_defs_from_proto(path / SAVED_MODEL_FILE)
         self._signatures = {}
         for name, fn in self._functions.items():
             inputs = {
@@ -71,8 +75,8 @@ class TensorFlowModel(ModelDeployment):
                 key: TensorSpec(key, _np_dtype(t.dtype), _dims(t.shape))
                 for key, t in fn.structured_outputs.items()
             }
-            self._signatures[name] = Signature(name, inputs, outputs)
-        self._signature_json = _signature_defs_from_proto(path / SAVED_MODEL_FILE)
+            method = self._signature_json.get(name, {}).get("method_name", PREDICT_METHOD)
+            self._signatures[name] = Signature(name, inputs, outputs, method_name=method)
         self._keras_model = None
 
     def signatures(self) -> dict[str, Signature]:
@@ -82,7 +86,22 @@ class TensorFlowModel(ModelDeployment):
         # SavedModels answer with their own SignatureDefs, exactly as TF Serving does.
         return self._signature_json or super().signature_defs()
 
-    def infer(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def example_inputs(
+        self, signature: Signature, method: str, examples: list[dict[str, Any]]
+    ) -> dict[str | None, np.ndarray]:
+        """Serialized ``tf.Example``s for a classify/regress signature's single string input."""
+        expected = f"tensorflow/serving/{method}"
+        if signature.method_name != expected:
+            raise InvalidInput(
+                f"signature '{signature.name}' of model '{self.name}' is a"
+                f" {signature.method_name} signature, {method} needs {expected}"
+            )
+        serialized = [_to_example(self._tf, features).SerializeToString() for features in examples]
+        return {None: np.array(serialized, dtype=object)}
+
+    def infer(
+        self, signature: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
         if self._keras_model is not None:
             return self._infer_keras(inputs)
         tf = self._tf
@@ -101,6 +120,25 @@ class TensorFlowModel(ModelDeployment):
 
 
 TensorFlowDeployment = serve.deployment(TensorFlowModel)
+
+
+def _to_example(tf: Any, features: dict[str, Any]) -> Any:
+    """A ``tf.train.Example`` from JSON features: numbers, strings, b64 bytes or lists of them."""
+    feature = {}
+    for name, value in features.items():
+        values = value if isinstance(value, list) else [value]
+        if all(isinstance(v, int) for v in values):  # bool is an int too
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        elif all(isinstance(v, (str, bytes)) for v in values):
+            encoded = [v.encode() if isinstance(v, str) else v for v in values]
+            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=encoded))
+        else:
+            raise InvalidInput(
+                f"feature '{name}' must be numbers, strings or b64 values (or a list of one kind)"
+            )
+    return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 def _np_dtype(dtype: Any) -> np.dtype:

@@ -6,6 +6,8 @@ run code. torch and transformers are imported inside ``load``.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +15,31 @@ import numpy as np
 from ray import serve
 
 from deployments.base import DEFAULT_SIGNATURE, ModelDeployment
+from deployments.generation import (
+    GenerationParameters,
+    StopScanner,
+    cut_at_stop,
+    parse_generation_parameters,
+)
 from deployments.signature import Signature, TensorSpec
 from serve_app.errors import InvalidInput
 
 STRING = np.dtype(object)
+INT32 = np.dtype("int32")
+FLOAT32 = np.dtype("float32")
 DEFAULT_MAX_NEW_TOKENS = 32
 MAX_NEW_TOKENS_LIMIT = 1024
 
 
+def _spec(name: str, dtype: np.dtype, shape: tuple[int, ...], **kw: Any) -> TensorSpec:
+    return TensorSpec(name, dtype, shape, **kw)
+
+
 class TransformersModel(ModelDeployment):
     """``feature-extraction`` (mean-pooled, L2-normalised sentence embeddings),
-    ``text-classification`` (label and score) and ``text-generation`` (greedy)."""
+    ``text-classification`` (label and score) and ``text-generation``."""
+
+    platform = "transformers"
 
     def load(self, path: Path) -> None:
         import torch
@@ -51,69 +67,41 @@ class TransformersModel(ModelDeployment):
         self._signatures = {DEFAULT_SIGNATURE: self._task_signature(config)}
 
     def _task_signature(self, config: Any) -> Signature:
-        text = {"text": TensorSpec("text", STRING, (-1,))}
+        text = {"text": _spec("text", STRING, (-1,))}
         if self.spec.task == "feature-extraction":
-            size = config.hidden_size
-            outputs = {"embeddings": TensorSpec("embeddings", np.dtype("float32"), (-1, size))}
+            outputs = {
+                "embeddings": _spec("embeddings", FLOAT32, (-1, config.hidden_size)),
+                "_token_count": _spec("_token_count", INT32, (-1,)),
+            }
             return Signature(DEFAULT_SIGNATURE, text, outputs)
         if self.spec.task == "text-classification":
             outputs = {
-                "label": TensorSpec("label", STRING, (-1,)),
-                "score": TensorSpec("score", np.dtype("float32"), (-1,)),
+                "label": _spec("label", STRING, (-1,)),
+                "score": _spec("score", FLOAT32, (-1,)),
             }
             return Signature(DEFAULT_SIGNATURE, text, outputs)
-        inputs = {
-            **text,
-            "max_new_tokens": TensorSpec(
-                "max_new_tokens", np.dtype("int32"), (-1,), default=DEFAULT_MAX_NEW_TOKENS
-            ),
+        budget = _spec("max_new_tokens", INT32, (-1,), default=DEFAULT_MAX_NEW_TOKENS)
+        outputs = {
+            "generated_text": _spec("generated_text", STRING, (-1,)),
+            "_completion": _spec("_completion", STRING, (-1,)),
+            "_finish_reason": _spec("_finish_reason", STRING, (-1,)),
+            "_prompt_tokens": _spec("_prompt_tokens", INT32, (-1,)),
+            "_completion_tokens": _spec("_completion_tokens", INT32, (-1,)),
         }
-        outputs = {"generated_text": TensorSpec("generated_text", STRING, (-1,))}
-        return Signature(DEFAULT_SIGNATURE, inputs, outputs)
+        return Signature(DEFAULT_SIGNATURE, {**text, "max_new_tokens": budget}, outputs)
 
     def signatures(self) -> dict[str, Signature]:
         return self._signatures
 
-    def infer(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [t.decode() if isinstance(t, bytes) else t for t in inputs["text"].tolist()]
-        with self._torch.inference_mode():
-            if self.spec.task == "feature-extraction":
-                return {"embeddings": self._embed(texts)}
-            if self.spec.task == "text-classification":
-                return self._classify(texts)
-            return {"generated_text": self._generate(texts, inputs["max_new_tokens"])}
-
-    def _encode(self, texts: list[str]) -> Any:
-        return self._tokenizer(
-            texts, padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
-        )
-
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        torch = self._torch
-        encoded = self._encode(texts)
-        hidden = self._model(**encoded).last_hidden_state
-        mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, p=2, dim=1).float().numpy()
-
-    def _classify(self, texts: list[str]) -> dict[str, np.ndarray]:
-        logits = self._model(**self._encode(texts)).logits
-        probabilities = logits.softmax(dim=-1)
-        scores, indices = probabilities.max(dim=-1)
-        labels = self._model.config.id2label
-        return {
-            "label": np.array([labels[int(i)] for i in indices], dtype=object),
-            "score": scores.float().numpy(),
-        }
-
-    def check_request(self, inputs: dict[str, np.ndarray]) -> None:
+    def check_request(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]) -> None:
         if self.spec.task != "text-generation":
+            super().check_request(inputs, parameters)
             return
+        parse_generation_parameters(parameters)
         budgets = inputs["max_new_tokens"]
         if budgets.min() < 1 or budgets.max() > MAX_NEW_TOKENS_LIMIT:
             raise InvalidInput(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}")
-        texts = [t.decode() if isinstance(t, bytes) else t for t in inputs["text"].tolist()]
-        lengths = [len(ids) for ids in self._tokenizer(texts)["input_ids"]]
+        lengths = [len(ids) for ids in self._tokenizer(_texts(inputs["text"]))["input_ids"]]
         for row, (length, budget) in enumerate(zip(lengths, budgets.tolist())):
             if length + budget > self._max_length:
                 raise InvalidInput(
@@ -121,27 +109,153 @@ class TransformersModel(ModelDeployment):
                     f" the model's context of {self._max_length} tokens"
                 )
 
-    def _generate(self, texts: list[str], max_new_tokens: np.ndarray) -> np.ndarray:
-        result = np.empty(len(texts), dtype=object)
-        # One generate call per distinct max_new_tokens: rows in a call share that setting.
-        for budget in np.unique(max_new_tokens):
-            rows = np.flatnonzero(max_new_tokens == budget)
-            result[rows] = self._generate_rows([texts[i] for i in rows], int(budget))
-        return result
+    def infer(
+        self, signature: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        texts = _texts(inputs["text"])
+        with self._torch.inference_mode():
+            if self.spec.task == "feature-extraction":
+                return self._embed(texts)
+            if self.spec.task == "text-classification":
+                return self._classify(texts)
+            settings = parse_generation_parameters(parameters)
+            return self._generate(texts, inputs["max_new_tokens"], settings)
 
-    def _generate_rows(self, texts: list[str], max_new_tokens: int) -> list[str]:
+    def _encode(self, texts: list[str]) -> Any:
+        return self._tokenizer(
+            texts, padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
+        )
+
+    def _embed(self, texts: list[str]) -> dict[str, np.ndarray]:
+        torch = self._torch
         encoded = self._encode(texts)
-        prompt_tokens = encoded["input_ids"].shape[1]
-        generated = self._model.generate(
-            **encoded,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self._tokenizer.pad_token_id,
-        )
-        completions = self._tokenizer.batch_decode(
-            generated[:, prompt_tokens:], skip_special_tokens=True
-        )
-        return [prompt + completion for prompt, completion in zip(texts, completions)]
+        hidden = self._model(**encoded).last_hidden_state
+        mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return {
+            "embeddings": torch.nn.functional.normalize(pooled, p=2, dim=1).float().numpy(),
+            "_token_count": encoded["attention_mask"].sum(dim=1).numpy().astype(np.int32),
+        }
+
+    def _classify(self, texts: list[str]) -> dict[str, np.ndarray]:
+        logits = self._model(**self._encode(texts)).logits
+        scores, indices = logits.softmax(dim=-1).max(dim=-1)
+        labels = self._model.config.id2label
+        return {
+            "label": np.array([labels[int(i)] for i in indices], dtype=object),
+            "score": scores.float().numpy(),
+        }
+
+    def _generate(
+        self, texts: list[str], budgets: np.ndarray, settings: GenerationParameters
+    ) -> dict[str, np.ndarray]:
+        columns: dict[str, list[Any]] = {
+            name: [None] * len(texts)
+            for name in ("_completion", "_finish_reason", "_prompt_tokens", "_completion_tokens")
+        }
+        # One generate call per distinct max_new_tokens: rows in a call share that setting.
+        for budget in np.unique(budgets):
+            rows = np.flatnonzero(budgets == budget).tolist()
+            results = self._generate_rows([texts[i] for i in rows], int(budget), settings)
+            for row, result in zip(rows, results):
+                for name, value in result.items():
+                    columns[name][row] = value
+        completions = np.array(columns["_completion"], dtype=object)
+        return {
+            "generated_text": np.array([t + c for t, c in zip(texts, completions)], dtype=object),
+            "_completion": completions,
+            "_finish_reason": np.array(columns["_finish_reason"], dtype=object),
+            "_prompt_tokens": np.array(columns["_prompt_tokens"], dtype=np.int32),
+            "_completion_tokens": np.array(columns["_completion_tokens"], dtype=np.int32),
+        }
+
+    def _generate_kwargs(self, budget: int, settings: GenerationParameters) -> dict[str, Any]:
+        if settings.seed is not None:
+            self._torch.manual_seed(settings.seed)  # model calls run one at a time
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": budget,
+            "do_sample": settings.sampling,
+            "pad_token_id": self._tokenizer.pad_token_id,
+        }
+        if settings.sampling:
+            kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+        return kwargs
+
+    def _generate_rows(
+        self, texts: list[str], budget: int, settings: GenerationParameters
+    ) -> list[dict[str, Any]]:
+        encoded = self._encode(texts)
+        width = encoded["input_ids"].shape[1]
+        generated = self._model.generate(**encoded, **self._generate_kwargs(budget, settings))
+        eos = self._tokenizer.eos_token_id
+        results = []
+        for row, ids in enumerate(generated[:, width:].tolist()):
+            length = ids.index(eos) if eos in ids else len(ids)
+            text = self._tokenizer.decode(ids[:length], skip_special_tokens=True)
+            text, stopped = cut_at_stop(text, settings.stop)
+            if stopped:
+                length = len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+            results.append(
+                {
+                    "_completion": text,
+                    "_finish_reason": "stop" if stopped or length < budget else "length",
+                    "_prompt_tokens": int(encoded["attention_mask"][row].sum()),
+                    "_completion_tokens": length,
+                }
+            )
+        return results
+
+    async def generate_stream(
+        self, text: str, max_new_tokens: int, parameters: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream one completion as it is generated: ``{"text": delta}`` items, then a final
+        ``{"finish_reason", "prompt_tokens", "completion_tokens"}`` item."""
+        if self.spec.task != "text-generation":
+            raise InvalidInput(f"model '{self.name}' is not a text-generation model")
+        inputs = {
+            "text": np.array([text], dtype=object),
+            "max_new_tokens": np.array([max_new_tokens], dtype=np.int32),
+        }
+        self.check_request(inputs, parameters)
+        settings = parse_generation_parameters(parameters)
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, timeout=60)
+        encoded = self._encode([text])
+        kwargs = {**self._generate_kwargs(max_new_tokens, settings), "streamer": streamer}
+
+        def run() -> Any:
+            with self._torch.inference_mode():
+                return self._model.generate(**encoded, **kwargs)
+
+        loop = asyncio.get_running_loop()
+        generation = loop.run_in_executor(self._executor, run)
+        scanner = StopScanner(settings.stop)
+        pieces = iter(streamer)
+        while not scanner.stopped:
+            piece = await asyncio.to_thread(next, pieces, None)
+            if piece is None:
+                break
+            if delta := scanner.feed(piece):
+                yield {"text": delta}
+        if tail := scanner.finish():
+            yield {"text": tail}
+        generated = await generation  # a stop sequence ends the stream, not the generation
+        ids = generated[0, encoded["input_ids"].shape[1] :].tolist()
+        eos = self._tokenizer.eos_token_id
+        length = ids.index(eos) if eos in ids else len(ids)
+        if scanner.stopped:
+            sent = cut_at_stop(scanner.text, settings.stop)[0]
+            length = len(self._tokenizer(sent, add_special_tokens=False)["input_ids"])
+        yield {
+            "finish_reason": "stop" if scanner.stopped or length < max_new_tokens else "length",
+            "prompt_tokens": int(encoded["attention_mask"].sum()),
+            "completion_tokens": length,
+        }
+
+
+def _texts(column: np.ndarray) -> list[str]:
+    return [t.decode() if isinstance(t, bytes) else t for t in column.tolist()]
 
 
 TransformersDeployment = serve.deployment(TransformersModel)

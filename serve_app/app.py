@@ -8,7 +8,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
-from serve_app.config import AppConfig, ModelSpec, parse_app_config
+from serve_app.config import AppConfig, ModelSpec, StoreSpec, parse_app_config
 
 INGRESS_NAME = "Ingress"  # capitalised, so it can never clash with a (lowercase) model name
 # A load failure is rarely transient; three tries, then `serve status` shows the reason.
@@ -19,10 +19,12 @@ def build_app(args: dict[str, Any]) -> Application:
     """One deployment per model, named after it, and the ingress bound to a name->handle map."""
     config = parse_app_config(args)
     handles = {
-        spec.name: model_deployment(spec).bind(spec_for_replica(spec)) for spec in config.models
+        spec.name: model_deployment(spec).bind(spec_for_replica(spec, config.store))
+        for spec in config.models
     }
+    kinds = {spec.name: spec.task or spec.framework for spec in config.models}
     ingress = _ingress_deployment(config)
-    return ingress.bind(handles, config.ingress.max_request_bytes)
+    return ingress.bind(handles, kinds, config.ingress.max_request_bytes)
 
 
 def model_deployment(spec: ModelSpec) -> Deployment:
@@ -51,11 +53,21 @@ def model_deployment(spec: ModelSpec) -> Deployment:
     return deployment.options(**options)
 
 
-def spec_for_replica(spec: ModelSpec) -> dict[str, Any]:
-    """Load settings with a local ``uri`` made absolute, so replicas need not share our cwd."""
+def spec_for_replica(spec: ModelSpec, store: StoreSpec | None = None) -> dict[str, Any]:
+    """Load settings with a local ``uri`` made absolute, so replicas need not share our cwd.
+
+    The app's ``store`` settings (cache directory, limits) travel with them under ``store``;
+    a relative ``cache_dir`` is made absolute here too, while ``~`` and an unset one are left
+    for the replica's machine to resolve.
+    """
     settings = spec.load_settings()
     if "://" not in spec.uri:
         settings["uri"] = str(Path(spec.uri).expanduser().resolve())
+    store = store or StoreSpec()
+    cache_dir = store.cache_dir
+    if cache_dir is not None and not cache_dir.startswith("~"):
+        store = store.model_copy(update={"cache_dir": str(Path(cache_dir).resolve())})
+    settings["store"] = store.model_dump()
     return settings
 
 

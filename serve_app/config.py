@@ -124,11 +124,26 @@ class IngressSpec(_Strict):
     max_request_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
 
 
+class StoreSpec(_Strict):
+    """How remote (``gs://``) models are downloaded and cached on each machine.
+
+    ``cache_dir`` unset means ``$SERVE_APP_CACHE_DIR``, else ``~/.cache/serve-app``
+    (``$XDG_CACHE_HOME/serve-app``), resolved on the machine where the replica runs.
+    ``max_cache_bytes`` unset means no limit.
+    """
+
+    cache_dir: Annotated[str, Field(min_length=1)] | None = None
+    max_cache_bytes: Annotated[int, Field(ge=0)] | None = None
+    download_workers: Annotated[int, Field(ge=1, le=64)] = 8
+    retry_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+
 class AppConfig(_Strict):
     """The application args: a fleet of models behind one ingress."""
 
     models: Annotated[list[ModelSpec], Field(min_length=1)]
     ingress: IngressSpec = IngressSpec()
+    store: StoreSpec = StoreSpec()
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppConfig:

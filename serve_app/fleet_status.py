@@ -84,6 +84,11 @@ class FleetStatus:
                 )
         return result
 
+    def available(self, name: str) -> bool:
+        """Whether ``name`` has a running replica (unknown counts as yes until Serve says)."""
+        health = self.health.get(name)
+        return health is None or health.running_replicas > 0
+
     def check(self, name: str) -> None:
         """Raise ModelUnavailable (503) if ``name`` has no replica that can answer."""
         health = self.health.get(name)

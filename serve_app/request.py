@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+PREDICT, CLASSIFY, REGRESS = "predict", "classify", "regress"
+# Outputs whose names start with this are for protocol adapters (token counts, finish
+# reasons); TF Serving and V2 answers leave them out unless asked for by name.
+INTERNAL_PREFIX = "_"
 
 
 @dataclass
@@ -15,4 +21,12 @@ class PredictRequest:
     signature_name: str = ""
     version: int | None = None
     label: str | None = None
-    parameters: dict = field(default_factory=dict)
+    # Request-wide settings that are not tensors, such as generation's temperature or seed.
+    parameters: dict[str, Any] = field(default_factory=dict)
+    # The outputs to return; None returns every public output.
+    outputs: list[str] | None = None
+    # The Open Inference Protocol declares datatypes, which must then match the signature.
+    exact_dtypes: bool = False
+    # classify/regress: tf.Example features per example (context already merged in).
+    method: str = PREDICT
+    examples: list[dict[str, Any]] | None = None

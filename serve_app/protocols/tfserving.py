@@ -68,6 +68,69 @@ def decode_predict(body: Any) -> tuple[PredictRequest, bool]:
     return PredictRequest(_decode_columns(body["inputs"]), signature), False
 
 
+def decode_examples(body: Any, method: str) -> PredictRequest:
+    """A classify/regress body: ``examples`` (features per example) plus shared ``context``."""
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object with 'examples'")
+    unknown = sorted(set(body) - {"signature_name", "examples", "context"})
+    if unknown:
+        raise InvalidInput(
+            f"unknown key(s) {unknown} in {method} request"
+            " (expected: signature_name, context, examples)"
+        )
+    signature = body.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise InvalidInput("'signature_name' must be a string")
+    examples, context = body.get("examples"), body.get("context", {})
+    if not isinstance(examples, list) or not examples:
+        raise InvalidInput("'examples' must be a non-empty list of objects")
+    if not isinstance(context, dict):
+        raise InvalidInput("'context' must be an object of features")
+    merged = []
+    for index, example in enumerate(examples):
+        if not isinstance(example, dict):
+            raise InvalidInput(f"examples[{index}] must be an object of features")
+        # Features of an example override the context's features of the same name.
+        features = {**context, **example}
+        merged.append({name: _unwrap_b64(value, name) for name, value in features.items()})
+    return PredictRequest({}, signature, method=method, examples=merged)
+
+
+def encode_classify(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``{"results": [[[label, score], ...], ...]}`` from ``classes`` and/or ``scores``."""
+    scores, classes = outputs.get("scores"), outputs.get("classes")
+    if scores is None and classes is None:
+        raise InvalidInput("the classify signature has neither 'classes' nor 'scores' outputs")
+    rows = len(scores if scores is not None else classes)
+    results = []
+    for row in range(rows):
+        row_scores = [] if scores is None else np.asarray(scores[row]).reshape(-1).tolist()
+        row_classes = (
+            [""] * len(row_scores)
+            if classes is None
+            else [_text(c) for c in np.asarray(classes[row]).reshape(-1)]
+        )
+        if scores is None:
+            results.append([[label] for label in row_classes])
+        else:
+            results.append([[c, sc] for c, sc in zip(row_classes, row_scores)])
+    return {"results": results}
+
+
+def encode_regress(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``{"results": [value, ...]}``, one value per example."""
+    values = outputs.get("outputs")
+    if values is None:
+        if len(outputs) != 1:
+            raise InvalidInput("the regress signature has no 'outputs' output")
+        (values,) = outputs.values()
+    return {"results": np.asarray(values).reshape(len(values), -1)[:, 0].tolist()}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def _decode_instances(instances: Any) -> dict[str | None, np.ndarray]:
     if not isinstance(instances, list) or not instances:
         raise InvalidInput("'instances' must be a non-empty list")

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+from serve_app.config import StoreSpec
 from serve_app.errors import ModelLoadError
 from serve_app.store.base import ModelStore, select_versions
 from serve_app.store.local import LocalStore
 
-__all__ = ["LocalStore", "ModelStore", "open_store", "select_versions"]
+__all__ = ["LocalStore", "ModelStore", "open_store", "select_versions", "store_notice"]
 
 
-def open_store(uri: str) -> ModelStore:
-    """The store for ``uri``: a local path or ``file://`` URI (``gs://`` comes with the cache)."""
+def open_store(uri: str, settings: StoreSpec | None = None) -> ModelStore:
+    """The store for ``uri``: a local path, ``file://`` URI, or ``gs://bucket/prefix``.
+
+    ``settings`` (the app's ``store`` block) say where and how remote models are cached.
+    """
     scheme, sep, _ = uri.partition("://")
     if not sep or scheme == "file":
         return LocalStore(uri)
+    if scheme == "gs":
+        # Imported here: the GCS client is heavy, and local-only fleets never need it.
+        from serve_app.store.gcs import GCSStore
+
+        return GCSStore(uri, settings)
     raise ModelLoadError(
-        f"unsupported model uri scheme '{scheme}://' in {uri} (supported: local paths, file://)"
+        f"unsupported model uri scheme '{scheme}://' in {uri} (supported: local paths, file://,"
+        " gs://)"
     )
+
+
+def store_notice(store: ModelStore) -> str:
+    """A note for the model's status about where its artifact came from ("" if nothing unusual).
+
+    A ``gs://`` model served from the cache because GCS could not be reached says so here.
+    """
+    return getattr(store, "notice", "") or ""

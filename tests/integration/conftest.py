@@ -49,7 +49,12 @@ def serve_url() -> Iterator[str]:
 _applications: dict[str, dict[str, Any]] = {}
 
 
-def deploy(app_name: str, args: dict[str, Any], deployments: list[dict] | None = None) -> None:
+def deploy(
+    app_name: str,
+    args: dict[str, Any],
+    deployments: list[dict] | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> None:
     """Deploy one application from a Serve config, as `serve deploy` / `serve run` do."""
     application: dict[str, Any] = {
         "name": app_name,
@@ -59,6 +64,8 @@ def deploy(app_name: str, args: dict[str, Any], deployments: list[dict] | None =
     }
     if deployments:
         application["deployments"] = deployments
+    if runtime_env:
+        application["runtime_env"] = copy.deepcopy(runtime_env)
     _applications[app_name] = application
     config = ServeDeploySchema.model_validate({"applications": list(_applications.values())})
     serve.context._get_global_client().deploy_apps(config, _blocking=False)
@@ -69,12 +76,19 @@ def deploy_and_wait(
     args: dict[str, Any],
     deployments: list[dict] | None = None,
     expect: tuple[str, ...] = ("RUNNING",),
+    runtime_env: dict[str, Any] | None = None,
 ) -> Any:
     """Deploy and wait until the application reaches one of ``expect``; return its status."""
-    deploy(app_name, args, deployments)
+    deploy(app_name, args, deployments, runtime_env)
 
     def settled() -> Any:
         app = serve.status().applications.get(app_name)
         return app if app is not None and app.status.value in expect else None
 
     return wait_for(settled, APP_START_TIMEOUT_S, f"application '{app_name}' to reach {expect}")
+
+
+def undeploy(app_name: str) -> None:
+    """Delete one application, and forget it so later deploys do not bring it back."""
+    _applications.pop(app_name, None)
+    serve.delete(app_name)

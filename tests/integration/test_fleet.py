@@ -11,12 +11,12 @@ import requests
 from ray import serve
 
 from serve_app.examples import digits_sample
-from tests.helpers import TFSERVING_TESTDATA, post_many, wait_for
+from tests.helpers import post_many, wait_for
 from tests.integration.conftest import deploy, deploy_and_wait
+from tests.integration.fleet import MAX_REQUEST_BYTES
 
 pytestmark = pytest.mark.integration
 
-MAX_REQUEST_BYTES = 1024 * 1024
 SENTENCES = [
     "A man is eating food.",
     "A man is eating a piece of bread.",
@@ -25,69 +25,6 @@ SENTENCES = [
     "Ray Serve batches requests from many clients.",
     "The weather is lovely today.",
 ]
-
-
-def fleet_args(repo: Path, broken: Path) -> dict[str, Any]:
-    return {
-        "models": [
-            {
-                "name": "digits",
-                "framework": "tensorflow",
-                "uri": str(repo / "digits"),
-                "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05},
-                "resources": {"num_cpus": 0.5},
-            },
-            {
-                "name": "minilm",
-                "framework": "transformers",
-                "task": "feature-extraction",
-                "uri": str(repo / "minilm"),
-                "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05},
-                "resources": {"num_cpus": 0.5},
-            },
-            {
-                "name": "tiny-gpt2",
-                "framework": "transformers",
-                "task": "text-generation",
-                "uri": str(repo / "tiny-gpt2"),
-                "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
-                "resources": {"num_cpus": 0.5},
-            },
-            {
-                "name": "half-plus-two",
-                "framework": "tensorflow",
-                "uri": str(TFSERVING_TESTDATA / "saved_model_half_plus_two_cpu"),
-                "resources": {"num_cpus": 0.25},
-            },
-            {
-                "name": "broken",
-                "framework": "tensorflow",
-                "uri": str(broken),
-                "resources": {"num_cpus": 0.25},
-            },
-        ],
-        "ingress": {"max_request_bytes": MAX_REQUEST_BYTES},
-    }
-
-
-@pytest.fixture(scope="module")
-def fleet(serve_url: str, model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The fleet deployed from a Serve config; ``broken`` has a corrupted model.keras."""
-    broken = tmp_path_factory.mktemp("broken")
-    (broken / "1").mkdir()
-    (broken / "1" / "model.keras").write_bytes(b"this is not a keras archive")
-    args = fleet_args(model_repo, broken)
-    # One model cannot load, so the application as a whole reports DEPLOY_FAILED.
-    deploy_and_wait("fleet", args, expect=("DEPLOY_FAILED",))
-    wait_for(
-        lambda: all(
-            serve.status().applications["fleet"].deployments[name].status.value == "HEALTHY"
-            for name in ("digits", "minilm", "tiny-gpt2", "half-plus-two", "Ingress")
-        ),
-        120,
-        "the working models to be HEALTHY",
-    )
-    return {"url": serve_url, "args": args}
 
 
 def predict(fleet: dict, model: str, body: Any) -> requests.Response:

@@ -92,3 +92,27 @@ def test_encode_bytes_outputs() -> None:
     assert encode_predict(outputs, True) == {"predictions": [{"b64": "AQI="}]}
     text = {"text": np.array([b"hello", b"\xff"], dtype=object)}
     assert encode_predict(text, True) == {"predictions": ["hello", {"b64": "/w=="}]}
+
+
+def test_examples_merge_context_and_unwrap_b64() -> None:
+    from serve_app.protocols.tfserving import decode_examples
+
+    request = decode_examples(
+        {"context": {"c": 1, "x": 0.0}, "examples": [{"x": 2.0, "img": {"b64": "AQI="}}, {}]},
+        "classify",
+    )
+    assert request.method == "classify"
+    assert request.examples == [{"c": 1, "x": 2.0, "img": b"\x01\x02"}, {"c": 1, "x": 0.0}]
+
+
+def test_encode_classify_and_regress() -> None:
+    from serve_app.protocols.tfserving import encode_classify, encode_regress
+
+    scores_only = {"scores": np.array([[3.0]], dtype=np.float32)}
+    assert encode_classify(scores_only) == {"results": [[["", 3.0]]]}
+    both = {
+        "classes": np.array([[b"cat", b"dog"]], dtype=object),
+        "scores": np.array([[0.75, 0.25]]),
+    }
+    assert encode_classify(both) == {"results": [[["cat", 0.75], ["dog", 0.25]]]}
+    assert encode_regress({"outputs": np.array([[3.0], [4.5]])}) == {"results": [3.0, 4.5]}

@@ -1,0 +1,88 @@
+"""Text generation settings and stop sequences, independent of any framework."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serve_app.errors import InvalidInput
+
+MAX_STOP_SEQUENCES = 4
+
+
+class GenerationParameters(BaseModel):
+    """Request-wide generation settings. ``temperature`` 0 means greedy decoding."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+    stop: Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] = []
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if any(not item for item in value):
+            raise ValueError("stop sequences must not be empty")
+        return value
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0
+
+
+def parse_generation_parameters(parameters: dict[str, Any]) -> GenerationParameters:
+    """Validate parameters, naming the bad one and what is allowed."""
+    try:
+        return GenerationParameters.model_validate(parameters)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            if error["type"] == "extra_forbidden":
+                allowed = ", ".join(GenerationParameters.model_fields)
+                problems.append(f"unknown parameter '{where}' (allowed: {allowed})")
+            else:
+                problems.append(f"parameter '{where}': {error['msg']}")
+        raise InvalidInput("; ".join(problems)) from None
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop sequence, and whether one was found."""
+    cuts = [index for index in (text.find(s) for s in stop) if index >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class StopScanner:
+    """Streams text deltas, holding back just enough to never emit part of a stop sequence."""
+
+    def __init__(self, stop: list[str]) -> None:
+        self.stop = stop
+        self.holdback = max((len(s) for s in stop), default=1) - 1
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """Add generated text; return what can be sent now."""
+        self.text += piece
+        cut, found = cut_at_stop(self.text, self.stop)
+        if found:
+            self.stopped = True
+            return self._emit_to(len(cut))
+        return self._emit_to(max(self.emitted, len(self.text) - self.holdback))
+
+    def finish(self) -> str:
+        """Whatever is still held back once generation ends."""
+        return "" if self.stopped else self._emit_to(len(self.text))
+
+    def _emit_to(self, end: int) -> str:
+        delta, self.emitted = self.text[self.emitted : end], max(self.emitted, end)
+        return delta

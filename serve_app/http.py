@@ -1,0 +1,53 @@
+"""The FastAPI application shared by every route module: JSON responses and error bodies."""
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app.errors import ServingError, tfserving_error_body
+from serve_app.protocols import openai
+
+logger = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="serve-app",
+    description="TensorFlow Serving REST, Open Inference Protocol (V2) and OpenAI-compatible"
+    " routes for a fleet of models on Ray Serve",
+)
+OPENAI_PATHS = ("/v1/completions", "/v1/embeddings", "/v1/models")
+
+
+class JSONWithNaN(JSONResponse):
+    """JSON that writes NaN and Infinity as TF Serving does, instead of failing."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=True, separators=(",", ":")).encode("utf-8")
+
+
+def error_response(request: Request, error: ServingError) -> Response:
+    """The error in the body shape of the protocol the request spoke."""
+    if request.url.path.rstrip("/").endswith(OPENAI_PATHS):
+        return JSONWithNaN(openai.error_body(error), status_code=error.status_code)
+    return JSONWithNaN(tfserving_error_body(error), status_code=error.status_code)
+
+
+@api.exception_handler(ServingError)
+async def _serving_error(request: Request, exc: ServingError) -> Response:
+    return error_response(request, exc)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    error = ServingError(str(exc.detail))
+    error.status_code = exc.status_code
+    return error_response(request, error)
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unexpected error in the ingress")
+    return error_response(request, ServingError(f"internal error ({type(exc).__name__})"))

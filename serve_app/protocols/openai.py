@@ -1,0 +1,219 @@
+"""OpenAI-compatible bodies: completions (plain and streamed) and embeddings."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serve_app.errors import InvalidInput, ServingError
+
+MAX_N = 8
+MAX_PROMPTS = 64
+
+
+class _Request(BaseModel):
+    # Unknown fields are refused, so an unsupported option is never silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    user: str | None = None
+
+
+class CompletionRequest(_Request):
+    """``POST /v1/completions``."""
+
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+    max_tokens: Annotated[int, Field(ge=1)] = 16
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    # Accepted at their neutral values only.
+    frequency_penalty: Literal[0, 0.0] | None = None
+    presence_penalty: Literal[0, 0.0] | None = None
+    echo: Literal[False] | None = None
+    logprobs: None = None
+    best_of: Literal[1] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value:
+            raise ValueError("prompt must not be empty")
+        return value
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def generation_parameters(self) -> dict[str, Any]:
+        """Parameters for the model's text-generation signature."""
+        parameters: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p}
+        if self.stop:
+            parameters["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
+        if self.seed is not None:
+            parameters["seed"] = self.seed
+        return parameters
+
+
+class EmbeddingRequest(_Request):
+    """``POST /v1/embeddings``."""
+
+    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: None = None
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+def parse(model: type[_Request], body: Any) -> Any:
+    """Validate a body; errors name the field and what is expected."""
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "body"
+            if error["type"] == "extra_forbidden":
+                problems.append(f"'{where}' is not supported")
+            else:
+                problems.append(f"'{where}': {error['msg']}")
+        raise InvalidInput("; ".join(problems)) from None
+
+
+def error_body(error: ServingError) -> dict[str, Any]:
+    """OpenAI's error shape, which the ``openai`` client turns into its exceptions."""
+    kinds = {
+        400: "invalid_request_error",
+        404: "invalid_request_error",
+        413: "invalid_request_error",
+    }
+    code = "model_not_found" if error.status_code == 404 else None
+    return {
+        "error": {
+            "message": error.message,
+            "type": kinds.get(error.status_code, "server_error"),
+            "param": None,
+            "code": code,
+        }
+    }
+
+
+def models_list(names: list[str], created: int) -> dict[str, Any]:
+    """``GET /v1/models``."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": created, "owned_by": "serve-app"}
+            for name in names
+        ],
+    }
+
+
+def completion_response(
+    model: str, outputs: dict[str, np.ndarray], n: int, include_usage: bool = True
+) -> dict[str, Any]:
+    """A completion from the model's rows: prompt-major, ``n`` rows per prompt."""
+    texts = outputs["_completion"].tolist()
+    reasons = outputs["_finish_reason"].tolist()
+    prompt_tokens = outputs["_prompt_tokens"].tolist()
+    completion_tokens = outputs["_completion_tokens"].tolist()
+    choices = [
+        {"index": i, "text": texts[i], "logprobs": None, "finish_reason": reasons[i]}
+        for i in range(len(texts))
+    ]
+    body = {
+        "id": _completion_id(),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+    }
+    if include_usage:
+        prompts = sum(prompt_tokens[::n])  # each prompt counted once, not once per choice
+        completions = sum(completion_tokens)
+        body["usage"] = {
+            "prompt_tokens": prompts,
+            "completion_tokens": completions,
+            "total_tokens": prompts + completions,
+        }
+    return body
+
+
+class CompletionStream:
+    """Server-sent events of one streamed completion, ending with ``data: [DONE]``."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.model = model
+        self.include_usage = include_usage
+        self.id = _completion_id()
+        self.created = int(time.time())
+
+    def chunk(self, text: str, finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return self._event({**self._head(), "choices": [choice]})
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        return self._event({**self._head(), "choices": [], "usage": usage})
+
+    @staticmethod
+    def error(error: ServingError) -> bytes:
+        return CompletionStream._event(error_body(error))
+
+    @staticmethod
+    def done() -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def _head(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+        }
+
+    @staticmethod
+    def _event(document: dict[str, Any]) -> bytes:
+        return b"data: " + json.dumps(document, separators=(",", ":")).encode() + b"\n\n"
+
+
+def embedding_response(
+    model: str, embeddings: np.ndarray, token_counts: np.ndarray, encoding_format: str
+) -> dict[str, Any]:
+    """``POST /v1/embeddings`` answer; base64 is little-endian float32, as OpenAI sends it."""
+    data = []
+    for index, vector in enumerate(embeddings):
+        if encoding_format == "base64":
+            value: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+        else:
+            value = vector.astype(float).tolist()
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    tokens = int(token_counts.sum())
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def _completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex}"

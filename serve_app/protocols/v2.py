@@ -1,0 +1,270 @@
+"""Open Inference Protocol (KServe V2) REST, with Triton's binary tensor data extension.
+
+The binary extension matters because ``tritonclient`` uses it by default: the body is a
+JSON header of ``Inference-Header-Content-Length`` bytes followed by raw tensor bytes, and
+each binary input or output names its ``binary_data_size``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serve_app.dtypes import V2_DATATYPES, numpy_dtype, v2_datatype
+from serve_app.errors import InvalidInput
+from serve_app.request import PredictRequest
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# Request parameters that steer the protocol, not the model.
+_PROTOCOL_PARAMETERS = {"binary_data_output", "signature_name", "priority", "timeout"}
+
+
+@dataclass
+class InferRequest:
+    """A decoded infer request: the model request plus how to shape the answer."""
+
+    request: PredictRequest
+    id: str | None = None
+    binary_outputs: set[str] = field(default_factory=set)
+    binary_all: bool = False
+
+
+def decode_infer(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse an infer body, JSON or JSON header + binary tensor data."""
+    header, binary = _split(body, header_length)
+    try:
+        document = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("infer request must be a JSON object with 'inputs'")
+    unknown = sorted(set(document) - {"id", "parameters", "inputs", "outputs"})
+    if unknown:
+        raise InvalidInput(f"unknown key(s) {unknown} in infer request")
+    parameters = _parameters(document.get("parameters"), "parameters")
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    tensors: dict[str | None, np.ndarray] = {}
+    offset = 0
+    for index, tensor in enumerate(inputs):
+        name, array, offset = _decode_tensor(tensor, index, binary, offset)
+        if name in tensors:
+            raise InvalidInput(f"input '{name}' appears twice")
+        tensors[name] = array
+    if offset != len(binary):
+        raise InvalidInput(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input"
+        )
+    outputs, binary_outputs = _requested_outputs(document.get("outputs"))
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    signature = parameters.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise InvalidInput("parameter 'signature_name' must be a string")
+    model_parameters = {k: v for k, v in parameters.items() if k not in _PROTOCOL_PARAMETERS}
+    request = PredictRequest(
+        tensors, signature, parameters=model_parameters, outputs=outputs, exact_dtypes=True
+    )
+    return InferRequest(
+        request, request_id, binary_outputs, bool(parameters.get("binary_data_output"))
+    )
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise InvalidInput(
+            f"{HEADER_LENGTH} must be a byte count within the body ({len(body)} bytes)"
+        )
+    return body[: int(header_length)], body[int(header_length) :]
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"'{where}' must be an object")
+    for key, item in value.items():
+        if not isinstance(item, (str, int, float, bool, list)):
+            raise InvalidInput(f"{where}.{key} must be a string, number, boolean or list")
+    return value
+
+
+def _decode_tensor(
+    tensor: Any, index: int, binary: bytes, offset: int
+) -> tuple[str, np.ndarray, int]:
+    if not isinstance(tensor, dict):
+        raise InvalidInput(f"inputs[{index}] must be an object")
+    name = tensor.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"inputs[{index}] needs a 'name'")
+    shape, datatype = tensor.get("shape"), tensor.get("datatype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
+    if datatype not in V2_DATATYPES:
+        raise InvalidInput(
+            f"input '{name}': datatype {datatype!r} is not one of {', '.join(V2_DATATYPES)}"
+        )
+    parameters = _parameters(tensor.get("parameters"), f"inputs[{index}].parameters")
+    count = math.prod(shape)
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise InvalidInput(f"input '{name}': binary_data_size {size} exceeds the binary data")
+        raw = binary[offset : offset + size]
+        values = _from_binary(raw, datatype, count, name)
+        return name, values.reshape(shape), offset + size
+    if "data" not in tensor:
+        raise InvalidInput(f"input '{name}' has no 'data' (or binary_data_size)")
+    values = _from_json(tensor["data"], datatype, name)
+    if values.size != count:
+        raise InvalidInput(
+            f"input '{name}': shape {shape} needs {count} values, 'data' has {values.size}"
+        )
+    return name, values.reshape(shape), offset
+
+
+def _from_json(data: Any, datatype: str, name: str) -> np.ndarray:
+    flat = list(_flatten(data if isinstance(data, list) else [data]))
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in flat):
+            raise InvalidInput(f"input '{name}': BYTES data must be strings")
+        return np.array(flat, dtype=object)
+    if datatype == "BOOL":
+        if not all(isinstance(v, bool) for v in flat):
+            raise InvalidInput(f"input '{name}': BOOL data must be true/false")
+        return np.array(flat, dtype=bool)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+        raise InvalidInput(f"input '{name}': {datatype} data must be numbers")
+    dtype = numpy_dtype(datatype)
+    if dtype.kind in "iu" and not all(isinstance(v, int) for v in flat):
+        raise InvalidInput(f"input '{name}': {datatype} data must be integers")
+    try:
+        return np.array(flat, dtype=dtype)
+    except OverflowError:
+        raise InvalidInput(f"input '{name}': a value is out of range for {datatype}") from None
+
+
+def _flatten(data: list) -> Any:
+    for item in data:
+        if isinstance(item, list):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+def _from_binary(raw: bytes, datatype: str, count: int, name: str) -> np.ndarray:
+    if datatype != "BYTES":
+        dtype = numpy_dtype(datatype).newbyteorder("<")
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidInput(
+                f"input '{name}': {len(raw)} bytes of binary data, shape needs"
+                f" {count * dtype.itemsize}"
+            )
+        return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
+    items, position = [], 0
+    while position < len(raw):  # each element: 4-byte little-endian length, then the bytes
+        if position + 4 > len(raw):
+            raise InvalidInput(f"input '{name}': truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", raw, position)
+        items.append(raw[position + 4 : position + 4 + length])
+        position += 4 + length
+    if position != len(raw) or len(items) != count:
+        raise InvalidInput(f"input '{name}': binary BYTES data does not hold {count} elements")
+    return np.array(items, dtype=object)
+
+
+def _requested_outputs(outputs: Any) -> tuple[list[str] | None, set[str]]:
+    if outputs is None:
+        return None, set()
+    if not isinstance(outputs, list):
+        raise InvalidInput("'outputs' must be a list of {name, parameters}")
+    names, binary = [], set()
+    for index, output in enumerate(outputs):
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise InvalidInput(f"outputs[{index}] needs a 'name'")
+        parameters = _parameters(output.get("parameters"), f"outputs[{index}].parameters")
+        names.append(output["name"])
+        if parameters.get("binary_data"):
+            binary.add(output["name"])
+    return names, binary
+
+
+def encode_infer(
+    model: str, version: int, infer: InferRequest, outputs: dict[str, np.ndarray]
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    described, blobs = [], []
+    for name, array in outputs.items():
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": _datatype(array),
+            "shape": list(array.shape),
+        }
+        if infer.binary_all or name in infer.binary_outputs:
+            blob = _to_binary(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _to_json(array)
+        described.append(entry)
+    document: dict[str, Any] = {"model_name": model, "model_version": str(version)}
+    if infer.id is not None:
+        document["id"] = infer.id
+    document["outputs"] = described
+    header = json.dumps(document, allow_nan=True, separators=(",", ":")).encode()
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)
+
+
+def _datatype(array: np.ndarray) -> str:
+    try:
+        return v2_datatype(array.dtype)
+    except KeyError:
+        raise InvalidInput(f"output dtype {array.dtype} has no Open Inference datatype") from None
+
+
+def _to_json(array: np.ndarray) -> list:
+    flat = array.reshape(-1)
+    if flat.dtype.kind == "O":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in flat.tolist()]
+    return flat.tolist()
+
+
+def _to_binary(array: np.ndarray) -> bytes:
+    if array.dtype.kind != "O":
+        return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    parts = []
+    for value in array.reshape(-1).tolist():
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        parts.append(struct.pack("<I", len(data)) + data)
+    return b"".join(parts)
+
+
+def model_metadata(
+    name: str, versions: list[int], platform: str, io_spec: dict[str, list]
+) -> dict[str, Any]:
+    """Model metadata from the signature's inputs/outputs ``[(name, dtype, shape)]``."""
+
+    def tensors(entries: list) -> list[dict[str, Any]]:
+        return [
+            {"name": n, "datatype": v2_datatype(np.dtype(d)), "shape": list(s or [-1])}
+            for n, d, s in entries
+        ]
+
+    return {
+        "name": name,
+        "versions": [str(v) for v in versions],
+        "platform": platform,
+        "inputs": tensors(io_spec["inputs"]),
+        "outputs": tensors(io_spec["outputs"]),
+    }

@@ -1,0 +1,1 @@
+"""Route groups of the ingress, one per protocol, combined in ``serve_app.ingress.Ingress``."""

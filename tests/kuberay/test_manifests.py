@@ -1,0 +1,254 @@
+"""The kuberay/ manifests, as the real kustomize renders them: valid for KubeRay's CRDs and for
+Kubernetes, shaped for GKE, and carrying exactly the fleet of serve_config.yaml."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.config import parse_app_config
+from serve_app.kuberay.render import render_all, stale_files, write_rendered
+from tests.kuberay.conftest import KUBERAY_DIR, OVERLAYS, ROOT, the_rayservice
+from tests.kuberay.schemas import (
+    containers,
+    core_errors,
+    crd_errors,
+    crd_schema,
+    pod_template_errors,
+    pod_templates,
+)
+
+SERVE_CONFIG = ROOT / "serve_config.yaml"
+PLACEMENT_KEYS = {"uri", "resources", "num_replicas", "autoscaling"}
+ALL = ["base", *OVERLAYS]
+
+
+def serve_config_of(rayservice: dict[str, Any]) -> dict[str, Any]:
+    return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+
+
+def test_the_overlays_are_the_documented_ones() -> None:
+    assert OVERLAYS == ["dev", "prod", "prod-gcsfuse", "prod-ha", "prod-incremental"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_rayservice_is_valid_for_the_kuberay_crds(built, name: str) -> None:
+    rayservice = the_rayservice(built[name])
+    assert rayservice["apiVersion"] == "ray.io/v1"
+    assert crd_errors(rayservice, crd_schema("RayService")) == []
+    # The cluster KubeRay creates from rayClusterConfig must be a valid RayCluster too.
+    raycluster_spec = crd_schema("RayCluster")["properties"]["spec"]
+    assert crd_errors(rayservice["spec"]["rayClusterConfig"], raycluster_spec) == []
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_objects_and_pod_templates_are_valid_for_kubernetes(built, name: str) -> None:
+    errors = []
+    for obj in built[name]:
+        if obj["kind"] == "RayService":
+            for where, template in pod_templates(obj):
+                errors += pod_template_errors(template, where)
+        else:
+            errors += core_errors(obj)
+    assert errors == []
+    assert sorted(o["kind"] for o in built[name]) == ["Namespace", "RayService", "ServiceAccount"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_serve_config_v2_is_valid_for_serve_and_for_us(built, name: str) -> None:
+    serve_config = serve_config_of(the_rayservice(built[name]))
+    ServeDeploySchema.model_validate(serve_config)
+    (application,) = serve_config["applications"]
+    config = parse_app_config(application["args"])
+    assert [m.name for m in config.models] == ["digits", "minilm", "tiny-gpt2"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_serve_config_v2_is_serve_config_yaml_but_for_placement(built, name: str) -> None:
+    local = yaml.safe_load(SERVE_CONFIG.read_text())
+    deployed = serve_config_of(the_rayservice(built[name]))
+    if name == "base":
+        assert deployed == local
+        return
+    local_app, deployed_app = local["applications"][0], deployed["applications"][0]
+    for app in (local_app, deployed_app):
+        app["args"].pop("ingress", None)
+        for model in app["args"]["models"]:
+            for key in PLACEMENT_KEYS:
+                model.pop(key, None)
+    assert deployed_app == local_app
+    assert {k: v for k, v in deployed.items() if k != "applications"} == {
+        k: v for k, v in local.items() if k != "applications"
+    }
+
+
+def test_the_committed_serve_config_patches_match_a_fresh_render() -> None:
+    rendered = render_all(SERVE_CONFIG, KUBERAY_DIR)
+    assert {r.path.parent.name for r in rendered} == {"base", *OVERLAYS} - {
+        "prod-ha",
+        "prod-incremental",
+    }
+    assert stale_files(rendered) == [], "run: serve-app kuberay render"
+
+
+def test_an_edit_of_serve_config_yaml_makes_the_patches_stale(tmp_path: Path) -> None:
+    tree = shutil.copytree(KUBERAY_DIR, tmp_path / "kuberay")
+    edited = yaml.safe_load(SERVE_CONFIG.read_text())
+    edited["applications"][0]["args"]["models"][0]["batching"]["max_batch_size"] = 64
+    config = tmp_path / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(edited, sort_keys=False))
+
+    rendered = render_all(config, tree)
+    assert len(stale_files(rendered)) == len(rendered)
+    assert sorted(write_rendered(rendered)) == sorted(r.path for r in rendered)
+    assert stale_files(render_all(config, tree)) == []
+    patch = yaml.safe_load((tree / "overlays" / "prod" / "serve-config.patch.yaml").read_text())
+    models = yaml.safe_load(patch["spec"]["serveConfigV2"])["applications"][0]["args"]["models"]
+    assert models[0]["batching"]["max_batch_size"] == 64
+    assert models[0]["uri"].startswith("gs://")
+
+
+def test_render_check_on_the_command_line_passes_for_the_committed_tree() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "kuberay", "render", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_cluster_is_pinned_to_ray_2_60_and_the_project_image(built, name: str) -> None:
+    rayservice = the_rayservice(built[name])
+    assert '"ray[serve]==2.60.0"' in (ROOT / "pyproject.toml").read_text()
+    assert rayservice["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0" == ray.__version__
+    # Every container runs the image set once, in the base's kustomization.
+    (image,) = yaml.safe_load((KUBERAY_DIR / "base" / "kustomization.yaml").read_text())["images"]
+    assert image["newName"].endswith("/serve-app/serve-app")
+    expected = f"{image['newName']}:{image['newTag']}"
+    assert {c["image"] for _, c in containers(rayservice)} == {expected}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_head_runs_no_replicas_and_every_pod_serves_and_exports_metrics(built, name) -> None:
+    rayservice = the_rayservice(built[name])
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert cluster["enableInTreeAutoscaling"] is True
+    http = serve_config_of(rayservice)["http_options"]
+    assert http["host"] == "0.0.0.0"
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        assert group["rayStartParams"]["metrics-export-port"] == "8080"
+    for where, container in containers(rayservice):
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["serve"] == http["port"], where
+        assert ports["metrics"] == 8080, where
+    service_accounts = {o["metadata"]["name"] for o in built[name] if o["kind"] == "ServiceAccount"}
+    for where, template in pod_templates(rayservice):
+        assert template["spec"]["serviceAccountName"] in service_accounts, where
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_workers_cache_models_on_a_volume(built, name: str) -> None:
+    rayservice = the_rayservice(built[name])
+    for group in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        spec = group["template"]["spec"]
+        (container,) = spec["containers"]
+        cache_dir = {e["name"]: e.get("value") for e in container["env"]}["SERVE_APP_CACHE_DIR"]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert "emptyDir" in volumes[mounts[cache_dir]], group["groupName"]
+
+
+def _groups(built, name: str) -> dict[str, dict[str, Any]]:
+    cluster = the_rayservice(built[name])["spec"]["rayClusterConfig"]
+    return {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+
+
+def test_dev_is_cpu_only(built) -> None:
+    assert list(_groups(built, "dev")) == ["cpu"]
+    assert "nvidia.com/gpu" not in yaml.safe_dump(built["dev"])
+    models = serve_config_of(the_rayservice(built["dev"]))["applications"][0]["args"]["models"]
+    assert all(m.get("resources", {}).get("num_gpus", 0) == 0 for m in models)
+    assert all(m["uri"].startswith("gs://") and m["uri"].endswith(f"/{m['name']}") for m in models)
+
+
+@pytest.mark.parametrize("name", [o for o in OVERLAYS if o.startswith("prod")])
+def test_prod_has_an_autoscaled_l4_gpu_group(built, name: str) -> None:
+    groups = _groups(built, name)
+    assert list(groups) == ["cpu", "gpu-l4"]
+    gpu = groups["gpu-l4"]
+    assert gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
+    spec = gpu["template"]["spec"]
+    assert spec["nodeSelector"]["cloud.google.com/gke-accelerator"] == "nvidia-l4"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ]
+    (container,) = spec["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in yaml.safe_dump(groups["cpu"])
+    models = serve_config_of(the_rayservice(built[name]))["applications"][0]["args"]["models"]
+    on_gpu = {m["name"] for m in models if m.get("resources", {}).get("num_gpus", 0) > 0}
+    assert on_gpu == {"minilm", "tiny-gpt2"}
+
+
+def test_prod_gcsfuse_mounts_the_bucket_where_the_models_are(built) -> None:
+    rayservice = the_rayservice(built["prod-gcsfuse"])
+    models = serve_config_of(rayservice)["applications"][0]["args"]["models"]
+    assert {m["uri"] for m in models} == {f"/mnt/models/{m['name']}" for m in models}
+    for group in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        template = group["template"]
+        assert template["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        assert volumes["models"]["csi"]["driver"] == "gcsfuse.csi.storage.gke.io"
+        assert volumes["models"]["csi"]["readOnly"] is True
+        (container,) = template["spec"]["containers"]
+        assert {"name": "models", "mountPath": "/mnt/models", "readOnly": True} in container[
+            "volumeMounts"
+        ]
+
+
+def test_prod_ha_keeps_gcs_state_in_redis(built) -> None:
+    spec = the_rayservice(built["prod-ha"])["spec"]
+    fault_tolerance = spec["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert fault_tolerance["redisAddress"].endswith(":6379")
+    assert fault_tolerance["redisPassword"]["valueFrom"]["secretKeyRef"]["name"]
+    assert spec["excludeHeadPodFromServeSvc"] is True
+    assert (
+        "gcsFaultToleranceOptions" not in the_rayservice(built["prod"])["spec"]["rayClusterConfig"]
+    )
+
+
+def test_upgrade_strategies(built) -> None:
+    assert the_rayservice(built["prod"])["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+    strategy = the_rayservice(built["prod-incremental"])["spec"]["upgradeStrategy"]
+    assert strategy["type"] == "NewClusterWithIncrementalUpgrade"
+    assert strategy["clusterUpgradeOptions"]["gatewayClassName"]
+
+
+def test_the_validators_catch_mistakes(built) -> None:
+    """The schema checks above can fail: a typo and a wrong type are both reported."""
+    rayservice = copy.deepcopy(the_rayservice(built["prod"]))
+    head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]
+    head["rayStartParam"] = {"num-cpus": "0"}
+    assert any("'rayStartParam' was unexpected" in e for e in crd_errors(
+        rayservice, crd_schema("RayService")
+    ))  # fmt: skip
+    head["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = [2]
+    assert pod_template_errors(head["template"], "head")
+    assert core_errors({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"nme": "x"}})
+    with pytest.raises(Exception, match="max_batch_sise"):
+        parse_app_config({"models": [{"name": "a", "framework": "tensorflow", "uri": "x",
+                                      "batching": {"max_batch_sise": 1}}]})  # fmt: skip
