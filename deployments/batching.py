@@ -20,6 +20,7 @@ class BatchItem:
     rows: int
     parameters: dict[str, Any] = field(default_factory=dict)
     group: str = ""  # items share a model call only if their groups are equal
+    version: int = 0  # the model version that answers this item
 
 
 def parameters_key(parameters: dict[str, Any]) -> str:

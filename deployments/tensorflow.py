@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.base import DEFAULT_SIGNATURE, ModelDeployment
+from deployments.base import ModelDeployment
+from deployments.servable import DEFAULT_SIGNATURE, Servable
 from deployments.signature import Signature, TensorSpec
 from serve_app.errors import InvalidInput, ModelLoadError
 
@@ -20,10 +21,14 @@ SAVED_MODEL_FILE = "saved_model.pb"
 PREDICT_METHOD = "tensorflow/serving/predict"
 
 
-class TensorFlowModel(ModelDeployment):
+class TensorFlowModel(Servable):
     """A SavedModel (signatures as saved) or a Keras model (one ``serving_default``)."""
 
     def load(self, path: Path) -> None:
+        from deployments.devices import setup_tensorflow
+
+        # Before TF touches a GPU: its share's memory limit (or growth), or no GPU at all.
+        self.device_info = setup_tensorflow(self.name, self.spec.resources)
         import tensorflow as tf
 
         self._tf = tf
@@ -119,7 +124,13 @@ class TensorFlowModel(ModelDeployment):
         return {name: np.asarray(value) for name, value in zip(spec.outputs, arrays)}
 
 
-TensorFlowDeployment = serve.deployment(TensorFlowModel)
+class TensorFlowReplica(ModelDeployment):
+    """The Serve deployment of a TensorFlow model."""
+
+    servable_class = TensorFlowModel
+
+
+TensorFlowDeployment = serve.deployment(TensorFlowReplica)
 
 
 def _to_example(tf: Any, features: dict[str, Any]) -> Any:

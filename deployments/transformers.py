@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.base import DEFAULT_SIGNATURE, ModelDeployment
+from deployments.base import ModelDeployment
 from deployments.generation import (
     GenerationParameters,
     StopScanner,
     cut_at_stop,
     parse_generation_parameters,
 )
+from deployments.servable import DEFAULT_SIGNATURE, Servable
 from deployments.signature import Signature, TensorSpec
 from serve_app.errors import InvalidInput
 
@@ -35,7 +36,7 @@ def _spec(name: str, dtype: np.dtype, shape: tuple[int, ...], **kw: Any) -> Tens
     return TensorSpec(name, dtype, shape, **kw)
 
 
-class TransformersModel(ModelDeployment):
+class TransformersModel(Servable):
     """``feature-extraction`` (mean-pooled, L2-normalised sentence embeddings),
     ``text-classification`` (label and score) and ``text-generation``."""
 
@@ -45,7 +46,13 @@ class TransformersModel(ModelDeployment):
         import torch
         import transformers
 
+        from deployments.devices import setup_torch, torch_dtype
+
         self._torch = torch
+        # The GPU Ray assigned (cuda:0, memory capped at the share) or the CPU, and the dtype.
+        self._device, self.device_info = setup_torch(
+            self.name, self.spec.resources, self.spec.dtype
+        )
         common = {"local_files_only": True, "trust_remote_code": False}
         self._tokenizer = transformers.AutoTokenizer.from_pretrained(path, **common)
         model_class = {
@@ -53,7 +60,10 @@ class TransformersModel(ModelDeployment):
             "text-classification": transformers.AutoModelForSequenceClassification,
             "text-generation": transformers.AutoModelForCausalLM,
         }[self.spec.task]
-        self._model = model_class.from_pretrained(path, use_safetensors=True, **common).eval()
+        model = model_class.from_pretrained(
+            path, use_safetensors=True, dtype=torch_dtype(torch, self.spec.dtype), **common
+        )
+        self._model = model.to(self._device).eval()
         config = self._model.config
         positions = getattr(config, "max_position_embeddings", None) or getattr(
             config, "n_positions", 512
@@ -93,6 +103,12 @@ class TransformersModel(ModelDeployment):
     def signatures(self) -> dict[str, Signature]:
         return self._signatures
 
+    def warmup_inputs(self, signature: Signature) -> dict[str | None, np.ndarray] | None:
+        row = super().warmup_inputs(signature)
+        if row is not None and self.spec.task == "text-generation":
+            row["max_new_tokens"] = np.array([1], dtype=np.int32)  # a check, not a workload
+        return row
+
     def check_request(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]) -> None:
         if self.spec.task != "text-generation":
             super().check_request(inputs, parameters)
@@ -122,19 +138,21 @@ class TransformersModel(ModelDeployment):
             return self._generate(texts, inputs["max_new_tokens"], settings)
 
     def _encode(self, texts: list[str]) -> Any:
-        return self._tokenizer(
+        encoded = self._tokenizer(
             texts, padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
         )
+        return encoded.to(self._device)
 
     def _embed(self, texts: list[str]) -> dict[str, np.ndarray]:
         torch = self._torch
         encoded = self._encode(texts)
-        hidden = self._model(**encoded).last_hidden_state
+        # Pooled in float32 whatever the model's dtype, then copied off the device.
+        hidden = self._model(**encoded).last_hidden_state.float()
         mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return {
-            "embeddings": torch.nn.functional.normalize(pooled, p=2, dim=1).float().numpy(),
-            "_token_count": encoded["attention_mask"].sum(dim=1).numpy().astype(np.int32),
+            "embeddings": torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy(),
+            "_token_count": encoded["attention_mask"].sum(dim=1).cpu().numpy().astype(np.int32),
         }
 
     def _classify(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -143,7 +161,7 @@ class TransformersModel(ModelDeployment):
         labels = self._model.config.id2label
         return {
             "label": np.array([labels[int(i)] for i in indices], dtype=object),
-            "score": scores.float().numpy(),
+            "score": scores.float().cpu().numpy(),
         }
 
     def _generate(
@@ -258,4 +276,10 @@ def _texts(column: np.ndarray) -> list[str]:
     return [t.decode() if isinstance(t, bytes) else t for t in column.tolist()]
 
 
-TransformersDeployment = serve.deployment(TransformersModel)
+class TransformersReplica(ModelDeployment):
+    """The Serve deployment of a transformers model."""
+
+    servable_class = TransformersModel
+
+
+TransformersDeployment = serve.deployment(TransformersReplica)

@@ -19,7 +19,9 @@ def build_app(args: dict[str, Any]) -> Application:
     """One deployment per model, named after it, and the ingress bound to a name->handle map."""
     config = parse_app_config(args)
     handles = {
-        spec.name: model_deployment(spec).bind(spec_for_replica(spec, config.store))
+        spec.name: model_deployment(spec).bind(
+            spec_for_replica(spec, config.store), spec.hot_settings().model_dump()
+        )
         for spec in config.models
     }
     kinds = {spec.name: spec.task or spec.framework for spec in config.models}
@@ -39,6 +41,10 @@ def model_deployment(spec: ModelSpec) -> Deployment:
     }
     if spec.resources.memory is not None:
         actor_options["memory"] = spec.resources.memory
+    if spec.resources.accelerator_type is not None:
+        actor_options["accelerator_type"] = spec.resources.accelerator_type
+    if spec.resources.label_selector:
+        actor_options["label_selector"] = dict(spec.resources.label_selector)
     options: dict[str, Any] = {
         "name": spec.name,
         "ray_actor_options": actor_options,

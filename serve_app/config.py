@@ -14,6 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 TASKS = ("text-generation", "feature-extraction", "text-classification")
+# Ray accelerator types: L4, T4, A100, A100-80G, H100, TPU-V5E, ...
+ACCELERATOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# Ray node labels (Kubernetes label syntax); a selector value may be negated or a set:
+# "cpu", "!gpu", "in(a, b)", "!in(a, b)".
+NODE_LABEL_KEY_PATTERN = r"^([a-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"
+NODE_LABEL_SELECTOR_PATTERN = (
+    r"^!?(in\([A-Za-z0-9._, -]+\)|[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)$"
+)
 
 
 class ConfigError(ValueError):
@@ -49,12 +57,41 @@ class BatchingSpec(_Strict):
     batch_wait_timeout_s: Annotated[float, Field(ge=0, le=10)] = 0.005
 
 
+AcceleratorType = Annotated[str, Field(pattern=ACCELERATOR_PATTERN, max_length=63)]
+LabelSelector = dict[
+    Annotated[str, Field(pattern=NODE_LABEL_KEY_PATTERN, max_length=253)],
+    Annotated[str, Field(pattern=NODE_LABEL_SELECTOR_PATTERN, max_length=253)],
+]
+
+
 class ResourceSpec(_Strict):
-    """Per-replica resources, passed to Ray as ``ray_actor_options``."""
+    """Per-replica resources and placement, passed to Ray as ``ray_actor_options``.
+
+    ``num_gpus`` may be a fraction of one GPU (0.5: two replicas share a card; each replica's
+    framework is held to its share of the card's memory). ``accelerator_type`` asks for a node
+    with that GPU (Ray's ``accelerator_type:L4`` resource). ``label_selector`` asks for nodes
+    with those Ray node labels (``{"node-pool": "cpu"}``, ``{"node-pool": "!gpu"}``).
+    ``allow_cpu_fallback`` lets a replica that asked for a GPU run on the CPU, with a warning,
+    when its framework sees no CUDA device; without it, that replica fails to load.
+    """
 
     num_cpus: Annotated[float, Field(ge=0)] = 0.5
     num_gpus: Annotated[float, Field(ge=0)] = 0
     memory: Annotated[int, Field(ge=0, description="bytes")] | None = None
+    accelerator_type: AcceleratorType | None = None
+    label_selector: LabelSelector | None = None
+    allow_cpu_fallback: bool = False
+
+    @model_validator(mode="after")
+    def _gpu_settings(self) -> ResourceSpec:
+        if self.num_gpus > 1 and not float(self.num_gpus).is_integer():
+            raise ValueError(
+                f"num_gpus above 1 must be a whole number of GPUs (got {self.num_gpus:g})"
+            )
+        for key in ("accelerator_type", "allow_cpu_fallback"):
+            if getattr(self, key) and self.num_gpus <= 0:
+                raise ValueError(f"{key} applies only to models with num_gpus > 0")
+        return self
 
 
 class AutoscalingSpec(_Strict):
@@ -73,10 +110,21 @@ class AutoscalingSpec(_Strict):
         return self
 
 
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+VersionLabels = dict[Annotated[str, Field(pattern=LABEL_PATTERN, max_length=63)], int]
+
+
 class HotSettings(_Strict):
-    """Settings a running replica applies in ``reconfigure`` (Serve's ``user_config``)."""
+    """Settings a running replica applies in ``reconfigure`` (Serve's ``user_config``).
+
+    Versions change here too: a replica loads and unloads versions in the background, so
+    pinning a version or moving a label never restarts it.
+    """
 
     batching: BatchingSpec = BatchingSpec()
+    version_policy: VersionPolicy = VersionPolicy(latest=1)
+    labels: VersionLabels = {}
+    poll_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
 
 
 class ModelSpec(_Strict):
@@ -87,8 +135,12 @@ class ModelSpec(_Strict):
     uri: Annotated[str, Field(min_length=1)]
     task: Literal["text-generation", "feature-extraction", "text-classification"] | None = None
     version_policy: VersionPolicy = VersionPolicy(latest=1)
+    labels: VersionLabels = {}
+    poll_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
     batching: BatchingSpec = BatchingSpec()
     resources: ResourceSpec = ResourceSpec()
+    # transformers only: the torch dtype weights are loaded in (default float32).
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
     num_replicas: Annotated[int, Field(ge=1)] | None = None
     autoscaling: AutoscalingSpec | None = None
     max_ongoing_requests: Annotated[int, Field(ge=1)] | None = None
@@ -99,17 +151,27 @@ class ModelSpec(_Strict):
             raise ValueError(f"task is required for transformers models (one of {list(TASKS)})")
         if self.framework == "tensorflow" and self.task is not None:
             raise ValueError("task applies only to transformers models")
+        if self.framework == "tensorflow" and self.dtype is not None:
+            raise ValueError(
+                "dtype applies only to transformers models (a TensorFlow model runs in the"
+                " dtypes it was saved with)"
+            )
         if self.num_replicas is not None and self.autoscaling is not None:
             raise ValueError("set num_replicas or autoscaling, not both")
         return self
 
     def hot_settings(self) -> HotSettings:
         """The part of the spec that changes in place, through ``user_config``."""
-        return HotSettings(batching=self.batching)
+        return HotSettings(
+            batching=self.batching,
+            version_policy=self.version_policy,
+            labels=self.labels,
+            poll_interval_s=self.poll_interval_s,
+        )
 
     def load_settings(self) -> dict[str, Any]:
         """The part of the spec a replica needs at start; changing it restarts replicas."""
-        return self.model_dump(include={"name", "framework", "uri", "task", "version_policy"})
+        return self.model_dump(include={"name", "framework", "uri", "task", "resources", "dtype"})
 
     def effective_max_ongoing_requests(self) -> int:
         """At least two full batches, so a batch can fill while the previous one runs."""
@@ -170,10 +232,19 @@ def parse_app_config(args: Any) -> AppConfig:
         raise ConfigError("invalid application args:\n  " + "\n  ".join(lines)) from None
 
 
-def parse_hot_settings(user_config: Any, model_name: str) -> HotSettings:
-    """Validate a replica's ``user_config`` with the same strictness as the app args."""
+def parse_hot_settings(
+    user_config: Any, model_name: str, base: dict[str, Any] | None = None
+) -> HotSettings:
+    """Validate a replica's ``user_config`` with the same strictness as the app args.
+
+    ``base`` (the args' hot settings) fills what ``user_config`` leaves out: Serve replaces
+    ``user_config`` whole, but an override of ``batching`` should not reset the labels.
+    """
+    if user_config is not None and not isinstance(user_config, dict):
+        raise ConfigError(f"user_config for model '{model_name}' must be a mapping")
+    merged = {**(base or {}), **(user_config or {})}
     try:
-        return HotSettings.model_validate(user_config or {})
+        return HotSettings.model_validate(merged)
     except ValidationError as exc:
         lines = [_describe(error, user_config, HotSettings) for error in exc.errors()]
         raise ConfigError(

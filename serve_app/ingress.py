@@ -80,6 +80,20 @@ class Ingress(TFServingRoutes, V2Routes, OpenAIRoutes):
     async def post_v2_version_infer(self, name: str, version: str, request: Request) -> Response:
         return await self.v2_infer(name, parse_version(version), request)
 
+    # Version labels: an extension of the protocol, as TF Serving has /labels/{label}.
+
+    @api.get("/v2/models/{name}/labels/{label}")
+    async def get_v2_model_label(self, name: str, label: str) -> Response:
+        return await self.v2_model_metadata(name, None, label)
+
+    @api.get("/v2/models/{name}/labels/{label}/ready")
+    async def get_v2_model_label_ready(self, name: str, label: str) -> Response:
+        return await self.v2_model_ready(name, None, label)
+
+    @api.post("/v2/models/{name}/labels/{label}/infer")
+    async def post_v2_label_infer(self, name: str, label: str, request: Request) -> Response:
+        return await self.v2_infer(name, None, request, label)
+
     @api.get("/v2/models/{name}/stats")
     async def get_v2_model_stats(self, name: str) -> Response:
         return await self.v2_model_stats(name)

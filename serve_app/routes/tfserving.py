@@ -18,14 +18,13 @@ class TFServingRoutes(ModelRouter):
         route = tfserving.parse_model_path(path)
         handle = await self.model_handle(route.name)
         if route.action == "status":
-            statuses = await self.answer(route.name, handle.model_status.remote())
-            if route.version is not None:
-                statuses = [s for s in statuses if s["version"] == str(route.version)]
-                if not statuses:
-                    raise NotFound(f"model '{route.name}' version {route.version} not found")
+            status = handle.model_status.remote(route.version, route.label)
+            statuses = await self.answer(route.name, status)
+            if not statuses:
+                raise NotFound(f"model '{route.name}' version {route.version} not found")
             return JSONWithNaN({"model_version_status": statuses})
         if route.action == "metadata":
-            metadata = handle.model_metadata.remote(route.version)
+            metadata = handle.model_metadata.remote(route.version, route.label)
             return JSONWithNaN(await self.answer(route.name, metadata))
         raise NotFound(f"/v1/models/{path} answers POST, not GET")
 

@@ -38,24 +38,31 @@ class V2Routes(ModelRouter):
         handle = await self.model_handle(name)
         return JSONWithNaN(await self.answer(name, handle.model_stats.remote()))
 
-    async def v2_model_metadata(self, name: str, version: int | None) -> Response:
+    async def v2_model_metadata(
+        self, name: str, version: int | None, label: str | None = None
+    ) -> Response:
         handle = await self.model_handle(name)
-        io = await self.answer(name, handle.model_io.remote(version))
+        io = await self.answer(name, handle.model_io.remote(version, label))
         return JSONWithNaN(v2.model_metadata(name, io["versions"], io["platform"], io))
 
-    async def v2_model_ready(self, name: str, version: int | None) -> Response:
+    async def v2_model_ready(
+        self, name: str, version: int | None, label: str | None = None
+    ) -> Response:
         try:
             handle = await self.model_handle(name)
-            await self.answer(name, handle.model_io.remote(version))
+            await self.answer(name, handle.model_io.remote(version, label))
         except ModelUnavailable:
             return JSONWithNaN({"name": name, "ready": False}, status_code=503)
         return JSONWithNaN({"name": name, "ready": True})
 
-    async def v2_infer(self, name: str, version: int | None, request: Request) -> Response:
+    async def v2_infer(
+        self, name: str, version: int | None, request: Request, label: str | None = None
+    ) -> Response:
         handle = await self.model_handle(name)
         body = await self.body_bytes(request)
         infer = v2.decode_infer(body, request.headers.get(v2.HEADER_LENGTH.lower()))
         infer.request.version = version
+        infer.request.label = label
         call = handle.predict_versioned.remote(infer.request)
         served, outputs = await self.answer(name, call)
         content, header_length = v2.encode_infer(name, served, infer, outputs)

@@ -29,6 +29,9 @@ class ModelStore(abc.ABC):
     def fetch(self, version: int) -> Path:
         """A local directory holding ``version``, ready for the framework to load."""
 
+    def release(self, version: int) -> None:  # noqa: B027 - optional hook, no-op by default
+        """The replica no longer serves ``version`` (a cache may now evict it)."""
+
 
 def select_versions(available: list[int], policy: VersionPolicy, uri: str) -> list[int]:
     """Apply a TF Serving version policy to the available versions (ascending result)."""

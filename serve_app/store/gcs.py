@@ -65,8 +65,8 @@ class GCSStore(ModelStore):
         self._offline_reason: str | None = None
         self._version_dirs: dict[int, str] | None = None
         self._client: Any = None
-        # Shared leases on the fetched versions, held as long as this store (the replica) lives.
-        self._leases: list[FileLock] = []
+        # Shared leases on the fetched versions, held while the replica serves them.
+        self._leases: dict[int, FileLock] = {}
 
     # --- ModelStore --------------------------------------------------------------------
 
@@ -83,8 +83,8 @@ class GCSStore(ModelStore):
 
     def fetch(self, version: int) -> Path:
         uri = self.location.uri
-        lease = self.repo.lease(version)  # before looking: an evictor cannot remove it now
-        self._leases.append(lease)
+        if version not in self._leases:  # before looking: an evictor cannot remove it now
+            self._leases[version] = self.repo.lease(version)
         entry = self.repo.lookup(version)
         if entry is not None:
             if self._offline_reason:
@@ -114,6 +114,11 @@ class GCSStore(ModelStore):
             path = self._download(version, label)
         self.cache.make_room()
         return path
+
+    def release(self, version: int) -> None:
+        lease = self._leases.pop(version, None)
+        if lease is not None:
+            lease.release()
 
     # --- listing -----------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ def test_serve_build_generates_a_deployable_config(tmp_path: Path) -> None:
     assert application["import_path"] == "serve_app.default_app:app"
     deployments = {d["name"]: d for d in application["deployments"]}
     assert set(deployments) == {"digits", "minilm", "tiny-gpt2", "Ingress"}
-    assert deployments["digits"]["user_config"] == {
-        "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
-    }
+    hot = deployments["digits"]["user_config"]
+    assert hot["batching"] == {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+    assert hot["version_policy"]["latest"] == 1 and hot["labels"] == {}
     assert deployments["minilm"]["ray_actor_options"]["num_cpus"] == 0.5

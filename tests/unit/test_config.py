@@ -16,9 +16,13 @@ def test_defaults() -> None:
     assert spec.batching.max_batch_size == 32
     assert spec.effective_max_ongoing_requests() == 64
     assert spec.hot_settings().model_dump() == {
-        "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+        "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005},
+        "version_policy": {"latest": 1, "specific": None, "all": None},
+        "labels": {},
+        "poll_interval_s": 0.0,
     }
-    assert set(spec.load_settings()) == {"name", "framework", "uri", "task", "version_policy"}
+    # resources and dtype: a replica sets up its GPU share (or CPU) and dtype at start.
+    assert set(spec.load_settings()) == {"name", "framework", "uri", "task", "resources", "dtype"}
 
 
 def test_unknown_nested_key_names_key_model_and_allowed_keys() -> None:
@@ -70,6 +74,24 @@ def test_args_must_be_a_mapping_with_models() -> None:
         parse_app_config(["digits"])
     with pytest.raises(ConfigError, match="models"):
         parse_app_config({})
+
+
+def test_hot_settings_merge_over_the_args_and_check_labels() -> None:
+    base = (
+        parse_app_config(
+            {"models": [model(labels={"stable": 1}, version_policy={"specific": [1, 2]})]}
+        )
+        .models[0]
+        .hot_settings()
+        .model_dump()
+    )
+    merged = parse_hot_settings({"batching": {"max_batch_size": 4}}, "m", base)
+    assert merged.batching.max_batch_size == 4
+    assert merged.labels == {"stable": 1} and merged.version_policy.specific == [1, 2]
+    with pytest.raises(ConfigError, match="labels"):
+        parse_hot_settings({"labels": {"bad label": 1}}, "m")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        parse_hot_settings(["x"], "m")
 
 
 def test_hot_settings_are_strict_too() -> None:

@@ -1,0 +1,117 @@
+"""One loaded version of a model: the framework objects and the calls on them.
+
+A deployment replica holds one ``Servable`` per loaded version (TF Serving's word), so a
+new version can load beside the one serving and take over without a restart.
+"""
+
+from __future__ import annotations
+
+import gc
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployments.signature import Signature, prepare_inputs
+from serve_app.config import ModelSpec
+from serve_app.errors import InvalidInput, NotFound
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+class Servable:
+    """A framework model of one version; subclasses implement load, signatures and infer."""
+
+    platform = "unknown"  # the Open Inference Protocol's platform name
+
+    def __init__(self, spec: ModelSpec, path: Path, executor: Executor) -> None:
+        self.spec = spec
+        self.name = spec.name
+        # The replica's inference thread: model calls run there, one at a time.
+        self._executor = executor
+        self.load(path)
+
+    # --- implemented by each framework -------------------------------------------------
+
+    def load(self, path: Path) -> None:
+        """Load the framework objects from a local directory."""
+        raise NotImplementedError
+
+    def signatures(self) -> dict[str, Signature]:
+        """The model's signatures by name; ``serving_default`` is used when none is named."""
+        raise NotImplementedError
+
+    def infer(
+        self, signature: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """One blocking model call on a batch; every output has the batch's rows in dim 0.
+
+        Every row of the batch shares ``parameters`` (requests are grouped by them).
+        """
+        raise NotImplementedError
+
+    def check_request(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]) -> None:
+        """Framework checks of one request's inputs and parameters, before it joins a batch."""
+        if parameters:
+            raise InvalidInput(
+                f"model '{self.name}' takes no parameters (got {sorted(parameters)})"
+            )
+
+    def example_inputs(
+        self, signature: Signature, method: str, examples: list[dict[str, Any]]
+    ) -> dict[str | None, np.ndarray]:
+        """Inputs of a classify/regress request; only TensorFlow models have such signatures."""
+        raise InvalidInput(
+            f"model '{self.name}' has no {method} signature: {method} needs a TensorFlow"
+            " SavedModel with a tensorflow/serving/" + method + " signature"
+        )
+
+    def signature_defs(self) -> dict[str, Any]:
+        """Signatures in TF Serving's metadata JSON form."""
+        return {name: sig.to_tf_json() for name, sig in self.signatures().items()}
+
+    def warmup_inputs(self, signature: Signature) -> dict[str | None, np.ndarray] | None:
+        """One row of inputs for a warm-up call, or None where none can be made up."""
+        row: dict[str | None, np.ndarray] = {}
+        for name, spec in signature.inputs.items():
+            if spec.default is not None:
+                continue
+            if spec.shape is None:
+                return None  # e.g. serialized tf.Examples: nothing sensible to invent
+            shape = tuple(1 if d < 0 else d for d in spec.shape)
+            fill: Any = b"warm-up" if spec.dtype.kind == "O" else 0
+            row[name] = np.full(shape, fill, dtype=spec.dtype)
+        return row
+
+    def release(self) -> None:
+        """Drop the framework objects so their memory (and GPU memory) can be freed."""
+        for attribute in list(vars(self)):
+            if attribute not in ("spec", "name", "_executor"):
+                delattr(self, attribute)
+        gc.collect()
+
+    # --- shared -----------------------------------------------------------------------
+
+    def signature(self, name: str) -> Signature:
+        """The signature called ``name`` (default: ``serving_default``), or 404."""
+        signatures = self.signatures()
+        chosen = name or DEFAULT_SIGNATURE
+        if chosen not in signatures:
+            raise NotFound(
+                f"model '{self.name}' has no signature '{chosen}'"
+                f" (available: {', '.join(signatures)})"
+            )
+        return signatures[chosen]
+
+    def warm_up(self) -> None:
+        """Run one made-up request through the default signature, as a load check."""
+        signatures = self.signatures()
+        if DEFAULT_SIGNATURE not in signatures:
+            return
+        signature = signatures[DEFAULT_SIGNATURE]
+        raw = self.warmup_inputs(signature)
+        if raw is None:
+            return
+        prepared = prepare_inputs(signature, raw)
+        self.infer(signature.name, prepared.tensors, {})
