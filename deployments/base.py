@@ -36,10 +36,10 @@ from deployments.batching import (
 from deployments.servable import DEFAULT_SIGNATURE, Servable
 from deployments.signature import prepare_inputs, requested_outputs, squeeze_outputs
 from deployments.versions import AVAILABLE, END, LOADING, UNLOADING, ModelVersion, VersionTable
-from serve_app.config import ModelSpec, StoreSpec, VersionPolicy, parse_hot_settings
+from serve_app.config import ModelSpec, StoreSpec, parse_hot_settings
 from serve_app.errors import ModelLoadError, ServingError
 from serve_app.request import PREDICT, PredictRequest
-from serve_app.store import open_store, store_notice
+from serve_app.store import open_store, select_versions, store_notice
 
 __all__ = ["DEFAULT_SIGNATURE", "ModelDeployment"]
 
@@ -73,14 +73,8 @@ class ModelDeployment:
     # --- loading and unloading ---------------------------------------------------------
 
     def _wanted(self, available: list[int]) -> list[int]:
-        """The versions the policy wants among ``available`` (missing pinned ones are skipped)."""
-        policy: VersionPolicy = self.hot.version_policy
-        ordered = sorted(set(available))
-        if policy.all:
-            return ordered
-        if policy.latest is not None:
-            return ordered[-policy.latest :]
-        return [v for v in sorted(set(policy.specific or [])) if v in ordered]
+        """The versions the policy wants among ``available``."""
+        return select_versions(available, self.hot.version_policy)
 
     def _initial_load(self) -> None:
         """Load the wanted versions before the replica takes traffic; fail if none loads."""

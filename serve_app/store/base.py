@@ -12,7 +12,6 @@ import abc
 from pathlib import Path
 
 from serve_app.config import VersionPolicy
-from serve_app.errors import ModelLoadError, NotFound
 
 
 class ModelStore(abc.ABC):
@@ -33,20 +32,14 @@ class ModelStore(abc.ABC):
         """The replica no longer serves ``version`` (a cache may now evict it)."""
 
 
-def select_versions(available: list[int], policy: VersionPolicy, uri: str) -> list[int]:
-    """Apply a TF Serving version policy to the available versions (ascending result)."""
-    if not available:
-        raise ModelLoadError(f"no model versions found at {uri}")
+def select_versions(available: list[int], policy: VersionPolicy) -> list[int]:
+    """The versions a TF Serving version policy wants among ``available``, ascending.
+
+    A pinned version that is not (yet) in the repository is left out: it is waited for.
+    """
     ordered = sorted(set(available))
     if policy.all:
         return ordered
     if policy.latest is not None:
         return ordered[-policy.latest :]
-    wanted = sorted(set(policy.specific or []))
-    missing = [v for v in wanted if v not in ordered]
-    if missing:
-        raise NotFound(
-            f"version(s) {missing} requested by version_policy not found at {uri}"
-            f" (available: {ordered})"
-        )
-    return wanted
+    return [v for v in sorted(set(policy.specific or [])) if v in ordered]

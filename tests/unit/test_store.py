@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.config import VersionPolicy
-from serve_app.errors import ModelLoadError, NotFound
+from serve_app.errors import ModelLoadError
 from serve_app.fleet_status import summarize_failure
 from serve_app.store import open_store, select_versions
 
@@ -55,14 +55,12 @@ def test_unsupported_scheme() -> None:
     ],
 )
 def test_version_policies(policy: dict, expected: list[int]) -> None:
-    assert select_versions([5, 1, 3], VersionPolicy(**policy), "repo") == expected
+    assert select_versions([5, 1, 3], VersionPolicy(**policy)) == expected
 
 
-def test_version_policy_errors() -> None:
-    with pytest.raises(NotFound, match=r"version\(s\) \[4\]"):
-        select_versions([1, 3], VersionPolicy(specific=[4]), "repo")
-    with pytest.raises(ModelLoadError, match="no model versions"):
-        select_versions([], VersionPolicy(latest=1), "repo")
+def test_pinned_versions_not_in_the_repository_are_waited_for() -> None:
+    assert select_versions([1, 3], VersionPolicy(specific=[3, 4])) == [3]
+    assert select_versions([], VersionPolicy(latest=1)) == []
 
 
 def test_failure_summary_drops_the_traceback() -> None:
