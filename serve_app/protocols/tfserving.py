@@ -48,19 +48,26 @@ def parse_model_path(path: str) -> ModelPath:
     return ModelPath(match["name"], version, match["label"], suffix or "status")
 
 
-def decode_predict(body: Any) -> tuple[PredictRequest, bool]:
-    """A predict body -> (request, row_format). Row format answers with ``predictions``."""
+def _signature_name(body: Any, method: str, keys: tuple[str, ...]) -> str:
+    """Check a request body's shape and keys; return its ``signature_name`` ("" = default)."""
+    quoted = [f"'{key}'" for key in keys]
     if not isinstance(body, dict):
-        raise InvalidInput("request body must be a JSON object with 'instances' or 'inputs'")
-    unknown = sorted(set(body) - {"signature_name", "instances", "inputs"})
+        raise InvalidInput(f"request body must be a JSON object with {' or '.join(quoted)}")
+    unknown = sorted(set(body) - {"signature_name", *keys})
     if unknown:
         raise InvalidInput(
-            f"unknown key(s) {unknown} in predict request"
-            " (expected: signature_name, instances or inputs)"
+            f"unknown key(s) {unknown} in {method} request"
+            f" (expected: signature_name, {', '.join(keys)})"
         )
     signature = body.get("signature_name", "")
     if not isinstance(signature, str):
         raise InvalidInput("'signature_name' must be a string")
+    return signature
+
+
+def decode_predict(body: Any) -> tuple[PredictRequest, bool]:
+    """A predict body -> (request, row_format). Row format answers with ``predictions``."""
+    signature = _signature_name(body, "predict", ("instances", "inputs"))
     if ("instances" in body) == ("inputs" in body):
         raise InvalidInput("predict request needs exactly one of 'instances' or 'inputs'")
     if "instances" in body:
@@ -70,17 +77,7 @@ def decode_predict(body: Any) -> tuple[PredictRequest, bool]:
 
 def decode_examples(body: Any, method: str) -> PredictRequest:
     """A classify/regress body: ``examples`` (features per example) plus shared ``context``."""
-    if not isinstance(body, dict):
-        raise InvalidInput("request body must be a JSON object with 'examples'")
-    unknown = sorted(set(body) - {"signature_name", "examples", "context"})
-    if unknown:
-        raise InvalidInput(
-            f"unknown key(s) {unknown} in {method} request"
-            " (expected: signature_name, context, examples)"
-        )
-    signature = body.get("signature_name", "")
-    if not isinstance(signature, str):
-        raise InvalidInput("'signature_name' must be a string")
+    signature = _signature_name(body, method, ("examples", "context"))
     examples, context = body.get("examples"), body.get("context", {})
     if not isinstance(examples, list) or not examples:
         raise InvalidInput("'examples' must be a non-empty list of objects")
