@@ -36,6 +36,7 @@ from deployments.batching import (
 from deployments.servable import DEFAULT_SIGNATURE, Servable
 from deployments.signature import prepare_inputs, requested_outputs, squeeze_outputs
 from deployments.versions import AVAILABLE, END, LOADING, UNLOADING, ModelVersion, VersionTable
+from serve_app import metrics
 from serve_app.config import ModelSpec, StoreSpec, parse_hot_settings
 from serve_app.errors import ModelLoadError, ServingError
 from serve_app.request import PREDICT, PredictRequest
@@ -100,6 +101,8 @@ class ModelDeployment:
         started = time.monotonic()
         try:
             path = self._store.fetch(number)
+            if self._store.last_fetch_cached is not None:
+                metrics.record_cache_fetch(self.name, self._store.last_fetch_cached)
             version.notice = store_notice(self._store)
             servable = self.servable_class(self.spec, path, self._executor)
             servable.warm_up()
@@ -110,8 +113,11 @@ class ModelDeployment:
             )
             version.state, version.failed_at = END, time.monotonic()
             logger.error("%s (attempt %d)", version.error, attempts)
+            metrics.record_load(self.name, time.monotonic() - started, ok=False)
             return
         version.servable, version.state = servable, AVAILABLE
+        metrics.record_load(self.name, time.monotonic() - started, ok=True)
+        metrics.record_versions(self.name, len(self.table.available()))
         logger.info(
             "model '%s' version %d loaded and warmed up in %.2fs%s",
             self.name,
@@ -130,6 +136,7 @@ class ModelDeployment:
         await asyncio.to_thread(servable.release)
         self._store.release(number)
         version.state = END
+        metrics.record_versions(self.name, len(self.table.available()))
         logger.info("model '%s' version %d unloaded", self.name, number)
 
     async def _reconcile(self) -> None:
@@ -263,6 +270,7 @@ class ModelDeployment:
                     results[i] = outputs
                 continue
             self.stats.record(sum(m.rows for m in members))
+            metrics.record_batch(self.name, sum(m.rows for m in members), len(members))
             for i, part in zip(group, split_outputs(outputs, [m.rows for m in members])):
                 results[i] = part
         return results  # an exception here is raised to its own caller by _submit

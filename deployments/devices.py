@@ -228,16 +228,17 @@ def _nvidia_smi_totals() -> dict[str, int] | None:
 def ray_placement() -> dict[str, Any]:
     """What Ray assigned to this replica: node, GPU ids, CUDA_VISIBLE_DEVICES, resources."""
     report: dict[str, Any] = {CUDA_VISIBLE_DEVICES: os.environ.get(CUDA_VISIBLE_DEVICES)}
-    try:
-        import ray
+    import ray
 
-        context = ray.get_runtime_context()
-        report["node_id"] = context.get_node_id()
-        report["gpu_ids"] = [str(gpu) for gpu in ray.get_gpu_ids()]
-        report["assigned_resources"] = context.get_assigned_resources()
-    except Exception as exc:  # outside Ray (a benchmark's in-process model)
-        report["node_id"] = None
-        report["ray"] = f"not in a Ray worker: {type(exc).__name__}"
+    # Outside Ray (a model called in-process) there is nothing to ask, and asking would
+    # start a local Ray instance.
+    if not ray.is_initialized():
+        report.update(node_id=None, gpu_ids=[], assigned_resources={})
+        return report
+    context = ray.get_runtime_context()
+    report["node_id"] = context.get_node_id()
+    report["gpu_ids"] = [str(gpu) for gpu in ray.get_gpu_ids()]
+    report["assigned_resources"] = context.get_assigned_resources()
     return report
 
 

@@ -26,7 +26,7 @@ def build_app(args: dict[str, Any]) -> Application:
     }
     kinds = {spec.name: spec.task or spec.framework for spec in config.models}
     ingress = _ingress_deployment(config)
-    return ingress.bind(handles, kinds, config.ingress.max_request_bytes)
+    return ingress.bind(handles, kinds, config.ingress.model_dump())
 
 
 def model_deployment(spec: ModelSpec) -> Deployment:
@@ -52,6 +52,8 @@ def model_deployment(spec: ModelSpec) -> Deployment:
         "max_ongoing_requests": spec.effective_max_ongoing_requests(),
         "max_constructor_retry_count": MAX_LOAD_ATTEMPTS,
     }
+    if spec.max_queued_requests is not None:
+        options["max_queued_requests"] = spec.max_queued_requests
     if spec.autoscaling is not None:
         options["autoscaling_config"] = spec.autoscaling.model_dump(exclude_none=True)
     else:

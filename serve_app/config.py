@@ -144,6 +144,9 @@ class ModelSpec(_Strict):
     num_replicas: Annotated[int, Field(ge=1)] | None = None
     autoscaling: AutoscalingSpec | None = None
     max_ongoing_requests: Annotated[int, Field(ge=1)] | None = None
+    # Requests waiting for a replica (per caller); past it the model answers 503 / 429.
+    # Unset: no bound (Serve's default).
+    max_queued_requests: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -178,12 +181,41 @@ class ModelSpec(_Strict):
         return self.max_ongoing_requests or max(8, 2 * self.batching.max_batch_size)
 
 
+class OverloadSpec(_Strict):
+    """What an overloaded model answers (past its ``max_queued_requests``)."""
+
+    status_code: Literal[503, 429] = 503
+    retry_after_s: Annotated[int, Field(ge=0, le=3600)] | None = 1
+
+
 class IngressSpec(_Strict):
     """The HTTP ingress deployment."""
 
     num_cpus: Annotated[float, Field(ge=0)] = 0.1
     num_replicas: Annotated[int, Field(ge=1)] = 1
     max_request_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    # Instances (rows, prompts, texts) in one request; more is refused with 413 before dispatch.
+    max_instances_per_request: Annotated[int, Field(ge=1)] = 4096
+    # Deadline of a model call; the X-Request-Timeout-Seconds header may ask for another one,
+    # at most max_request_timeout_s. Past it the request gets 504 and its work is cancelled.
+    request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    max_request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    # Bearer tokens accepted by the model routes (health routes stay open); none: no auth.
+    auth_tokens: list[Annotated[str, Field(min_length=16, max_length=512)]] = []
+    # The name of an environment variable (on the ingress replica) holding more tokens,
+    # comma-separated, so secrets need not be written in serve_config.yaml.
+    auth_tokens_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    # What a model past its max_queued_requests answers: 503, or 429; with Retry-After.
+    overload: OverloadSpec = OverloadSpec()
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> IngressSpec:
+        if self.request_timeout_s > self.max_request_timeout_s:
+            raise ValueError(
+                f"request_timeout_s ({self.request_timeout_s:g}) exceeds max_request_timeout_s"
+                f" ({self.max_request_timeout_s:g})"
+            )
+        return self
 
 
 class StoreSpec(_Strict):

@@ -11,6 +11,7 @@ class ServingError(Exception):
     """An error a client should see: a status code and a message naming what was wrong."""
 
     status_code = 500
+    headers: dict[str, str] = {}  # extra response headers (Retry-After, WWW-Authenticate)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -42,6 +43,31 @@ class ModelUnavailable(ServingError):
     """The model cannot answer now: it failed to load, is loading, or is overloaded (503)."""
 
     status_code = 503
+
+
+class Overloaded(ModelUnavailable):
+    """The model's queue is full (Serve's backpressure): 503 or 429, with ``Retry-After``."""
+
+    def __init__(
+        self, message: str, status_code: int = 503, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.args = (message, status_code, retry_after_s)
+        self.status_code = status_code
+        self.headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+
+
+class DeadlineExceeded(ServingError):
+    """The request ran past its deadline; its work was cancelled (504)."""
+
+    status_code = 504
+
+
+class Unauthorized(ServingError):
+    """Missing or wrong bearer token (401, with ``WWW-Authenticate: Bearer``)."""
+
+    status_code = 401
+    headers = {"WWW-Authenticate": 'Bearer realm="serve-app"'}
 
 
 class ModelLoadError(ServingError):

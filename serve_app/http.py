@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.errors import ServingError, tfserving_error_body
+from serve_app.guard import GuardMiddleware
 from serve_app.protocols import openai
 
 logger = logging.getLogger("ray.serve")
@@ -19,6 +20,7 @@ api = FastAPI(
     " routes for a fleet of models on Ray Serve",
 )
 OPENAI_PATHS = ("/v1/completions", "/v1/embeddings", "/v1/models")
+api.add_middleware(GuardMiddleware)
 
 
 class JSONWithNaN(JSONResponse):
@@ -30,9 +32,17 @@ class JSONWithNaN(JSONResponse):
 
 def error_response(request: Request, error: ServingError) -> Response:
     """The error in the body shape of the protocol the request spoke."""
-    if request.url.path.rstrip("/").endswith(OPENAI_PATHS):
-        return JSONWithNaN(openai.error_body(error), status_code=error.status_code)
-    return JSONWithNaN(tfserving_error_body(error), status_code=error.status_code)
+    return error_body_response(request.url.path, error)
+
+
+def error_body_response(path: str, error: ServingError) -> Response:
+    """The error for a request to ``path``, with the error's headers (Retry-After, ...)."""
+    headers = dict(getattr(error, "headers", None) or {})
+    if path.rstrip("/").endswith(OPENAI_PATHS):
+        body = openai.error_body(error)
+    else:
+        body = tfserving_error_body(error)
+    return JSONWithNaN(body, status_code=error.status_code, headers=headers)
 
 
 @api.exception_handler(ServingError)

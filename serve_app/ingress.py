@@ -5,11 +5,14 @@ in ``serve_app.routes``. (Serve's class-based views bind only methods defined he
 HTTP only: no TensorFlow or torch is imported here, so the ingress starts fast and stays small.
 """
 
+from typing import Any
+
 from fastapi import Request
 from fastapi.responses import Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app import guard
 from serve_app.fleet_status import FleetStatus
 from serve_app.http import api
 from serve_app.routes.openai import OpenAIRoutes
@@ -23,11 +26,18 @@ class Ingress(TFServingRoutes, V2Routes, OpenAIRoutes):
     """TF Serving REST, the Open Inference Protocol and OpenAI routes over the model handles."""
 
     def __init__(
-        self, handles: dict[str, DeploymentHandle], kinds: dict[str, str], max_request_bytes: int
+        self,
+        handles: dict[str, DeploymentHandle],
+        kinds: dict[str, str],
+        settings: dict[str, Any] | int,
     ) -> None:
         self.handles = handles
         self.kinds = kinds
-        self.max_request_bytes = max_request_bytes
+        # An int is the request size limit alone (apps built before the ingress settings).
+        if isinstance(settings, int):
+            settings = {"max_request_bytes": settings}
+        guard.configure(guard.Settings.from_args(settings))
+        self.max_request_bytes = guard.settings().max_request_bytes
         self.fleet = FleetStatus(serve.get_replica_context().app_name, list(handles))
 
     # --- TensorFlow Serving REST ---------------------------------------------------------

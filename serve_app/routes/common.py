@@ -2,15 +2,31 @@
 
 import asyncio
 import json
+import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
 from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from serve_app.errors import InvalidInput, ModelUnavailable, NotFound, PayloadTooLarge, ServingError
+from serve_app import guard
+from serve_app.config import MODEL_NAME_PATTERN
+from serve_app.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelUnavailable,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    ServingError,
+)
 from serve_app.fleet_status import POLL_INTERVAL_S, FleetStatus
+from serve_app.request import PredictRequest
+
+_NAME = re.compile(MODEL_NAME_PATTERN.strip("^$"))
 
 
 class ModelRouter:
@@ -23,6 +39,12 @@ class ModelRouter:
 
     async def model_handle(self, name: str, kinds: tuple[str, ...] = ()) -> DeploymentHandle:
         """The handle of a model that can answer now: 404 if unknown, 503 if it failed."""
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            shown = name[:64] if isinstance(name, str) else type(name).__name__
+            raise NotFound(f"model '{shown}' not found (model names match {MODEL_NAME_PATTERN})")
+        state = guard.current()
+        if state is not None:
+            state.model = name
         handle = self.handles.get(name)
         if handle is None or (kinds and self.kinds.get(name) not in kinds):
             known = [n for n in sorted(self.handles) if not kinds or self.kinds[n] in kinds]
@@ -38,22 +60,56 @@ class ModelRouter:
         response: DeploymentResponse | Awaitable[Any],
         cancel: Callable[[], None] | None = None,
     ) -> Any:
-        """Await a model's answer; give up with 503 if the model fails meanwhile, never hang.
+        """Await a model's answer; give up with 503 if the model fails meanwhile, with 504 past
+        the request's deadline, never hang. Either way the call is cancelled.
 
         A call queued for a deployment whose replicas all failed to start would wait forever,
         so the fleet status is re-checked while it waits.
         """
+        state = guard.current()
+        deadline = state.deadline if state is not None else None
         call = asyncio.ensure_future(_result(response))
         try:
             while True:
-                done, _ = await asyncio.wait({call}, timeout=POLL_INTERVAL_S)
+                wait = POLL_INTERVAL_S
+                if deadline is not None:
+                    wait = max(0.0, min(wait, deadline - time.monotonic()))
+                done, _ = await asyncio.wait({call}, timeout=wait)
                 if done:
                     return call.result()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise DeadlineExceeded(
+                        f"model '{name}' did not answer within the request's deadline"
+                        " (X-Request-Timeout-Seconds or ingress.request_timeout_s)"
+                    )
                 self.fleet.check(name)
-        except ModelUnavailable:
+        except BackPressureError as exc:
+            overload = guard.settings()
+            raise Overloaded(
+                f"model '{name}' is overloaded: {exc.message} Retry later.",
+                overload.overload_status,
+                overload.retry_after_s,
+            ) from None
+        except (ModelUnavailable, DeadlineExceeded):
             (cancel or getattr(response, "cancel", lambda: None))()
             call.cancel()
             raise
+
+    def check_instances(self, count: int) -> None:
+        """413 past ``ingress.max_instances_per_request``, before anything is dispatched."""
+        limit = guard.settings().max_instances_per_request
+        if count > limit:
+            raise PayloadTooLarge(
+                f"request has {count} instances; the limit (max_instances_per_request) is {limit}"
+            )
+
+    def check_rows(self, request: PredictRequest) -> None:
+        """``check_instances`` for a decoded request: its examples or its inputs' rows."""
+        if request.examples is not None:
+            self.check_instances(len(request.examples))
+            return
+        rows = [int(a.shape[0]) for a in request.inputs.values() if getattr(a, "ndim", 0) >= 1]
+        self.check_instances(max(rows, default=1))
 
     async def body_bytes(self, request: Request) -> bytes:
         """The request body, refused with 413 past ``max_request_bytes``."""

@@ -17,6 +17,8 @@ from serve_app.routes.common import ModelRouter
 GENERATION, EMBEDDING = "text-generation", "feature-extraction"
 COMPLETION_OUTPUTS = ["_completion", "_finish_reason", "_prompt_tokens", "_completion_tokens"]
 _STARTED = int(time.time())
+# The most tokens one completion may ask for (the generation deployment's own bound).
+MAX_TOKENS = 1024
 
 
 class OpenAIRoutes(ModelRouter):
@@ -28,6 +30,9 @@ class OpenAIRoutes(ModelRouter):
 
     async def openai_completions(self, request: Request) -> Response:
         body = openai.parse(openai.CompletionRequest, await self.json_body(request))
+        if body.max_tokens > MAX_TOKENS:
+            raise InvalidInput(f"max_tokens must be at most {MAX_TOKENS}, got {body.max_tokens}")
+        self.check_instances(len(body.prompts) * body.n)
         handle = await self.model_handle(body.model, (GENERATION,))
         if body.stream:
             return await self._stream(handle, body)
@@ -57,6 +62,7 @@ class OpenAIRoutes(ModelRouter):
 
     async def openai_embeddings(self, request: Request) -> Response:
         body = openai.parse(openai.EmbeddingRequest, await self.json_body(request))
+        self.check_instances(len(body.texts))
         handle = await self.model_handle(body.model, (EMBEDDING,))
         predict_request = PredictRequest(
             {"text": np.array(body.texts, dtype=object)},

@@ -39,6 +39,7 @@ class TFServingRoutes(ModelRouter):
             predict_request, row_format = tfserving.decode_predict(body)
         else:
             predict_request = tfserving.decode_examples(body, route.action)
+        self.check_rows(predict_request)
         predict_request.version = route.version
         predict_request.label = route.label
         outputs = await self.answer(route.name, handle.predict.remote(predict_request))

@@ -61,6 +61,7 @@ class V2Routes(ModelRouter):
         handle = await self.model_handle(name)
         body = await self.body_bytes(request)
         infer = v2.decode_infer(body, request.headers.get(v2.HEADER_LENGTH.lower()))
+        self.check_rows(infer.request)
         infer.request.version = version
         infer.request.label = label
         call = handle.predict_versioned.remote(infer.request)

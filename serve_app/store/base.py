@@ -17,6 +17,10 @@ from serve_app.config import VersionPolicy
 class ModelStore(abc.ABC):
     """Where one model's versions live."""
 
+    # Whether the last fetch came from a local cache (True), was downloaded (False), or the
+    # store has no cache (None).
+    last_fetch_cached: bool | None = None
+
     def __init__(self, uri: str) -> None:
         self.uri = uri
 

@@ -93,6 +93,7 @@ class GCSStore(ModelStore):
                     f" ({self._offline_reason})"
                 )
             logger.info("%s version %d: using the cached copy at %s", uri, version, entry.path)
+            self.last_fetch_cached = True
             return entry.model_dir
         if self._offline_reason:
             raise ModelLoadError(
@@ -109,9 +110,11 @@ class GCSStore(ModelStore):
             entry = self.repo.lookup(version)  # another replica may have finished it meanwhile
             if entry is not None:
                 logger.info("%s: reusing the copy another process downloaded", label)
+                self.last_fetch_cached = True
                 return entry.model_dir
             self.repo.discard(version)  # a damaged copy, if lookup found one
             path = self._download(version, label)
+            self.last_fetch_cached = False
         self.cache.make_room()
         return path
 

@@ -224,9 +224,11 @@ def test_twenty_swaps_return_memory_near_its_baseline(versions_app: str, tmp_pat
     assert growth < 48 * 2**20, {n: r // 2**20 for n, r in rss.items()}
 
 
-def test_a_new_version_in_gcs_takes_over(
+def test_a_new_version_in_gcs_takes_over_even_after_gcs_failed_during_its_load(
     versions_app: str, tmp_path: Path, model_repo: Path
 ) -> None:
+    """GCS fails while version 2 downloads: version 1 keeps answering; once GCS is back,
+    the retry loads version 2 and it takes over. No request fails throughout."""
     staging = tmp_path / "staging"
     staging.mkdir()
     for number in (1, 2):
@@ -241,7 +243,17 @@ def test_a_new_version_in_gcs_takes_over(
         traffic = Traffic(f"{versions_app}/v1/models/swap")
         with traffic.running():
             wait_for(lambda: traffic.count() > 20, 60, "traffic on version 1")
+            proxy.inject(*["503"] * 1000)  # every download of version 2 fails for now
             emulator.upload_dir("live", "swap/2", staging / "2")
+            wait_for(
+                lambda: status(versions_app, "swap").get(2, {}).get("state") == "END",
+                120,
+                "the failed load of version 2",
+            )
+            error = status(versions_app, "swap")[2]["status"]["error_message"]
+            assert "version 2" in error, error
+            assert traffic.latest() == 1.0
+            proxy.clear_faults()  # GCS is back: the retry (10 s later) loads version 2
             wait_for(lambda: traffic.latest() == 2.0, 120, "answers from version 2")
         undeploy(APP)  # before the emulator stops
     traffic.assert_no_failures_and_monotonic()

@@ -1,0 +1,193 @@
+"""Per-request guards of the ingress: bearer auth, deadlines, request ids, access log, metrics.
+
+Pure ASGI middleware around the FastAPI app. The settings come from the app's ``ingress``
+args, set once per ingress replica by ``configure``; the per-request state travels in a
+context variable that ``ModelRouter`` reads (deadline) and writes (model name).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve_app import metrics
+from serve_app.errors import InvalidInput, ServingError, Unauthorized
+
+logger = logging.getLogger("ray.serve")
+
+TIMEOUT_HEADER = "x-request-timeout-seconds"
+REQUEST_ID_HEADER = "x-request-id"
+# Routes that answer without a token: liveness and readiness probes.
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/-/healthz", "/-/routes")
+
+
+@dataclass
+class Settings:
+    """The ingress settings the guards use (``IngressSpec`` + ``OverloadSpec``)."""
+
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_instances_per_request: int = 4096
+    request_timeout_s: float = 60.0
+    max_request_timeout_s: float = 300.0
+    tokens: tuple[str, ...] = ()
+    overload_status: int = 503
+    retry_after_s: int | None = 1
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> Settings:
+        tokens = list(args.get("auth_tokens") or [])
+        env = args.get("auth_tokens_env")
+        if env:
+            tokens += [t.strip() for t in os.environ.get(env, "").split(",") if t.strip()]
+        overload = args.get("overload") or {}
+        return cls(
+            max_request_bytes=args.get("max_request_bytes", cls.max_request_bytes),
+            max_instances_per_request=args.get(
+                "max_instances_per_request", cls.max_instances_per_request
+            ),
+            request_timeout_s=args.get("request_timeout_s", cls.request_timeout_s),
+            max_request_timeout_s=args.get("max_request_timeout_s", cls.max_request_timeout_s),
+            tokens=tuple(tokens),
+            overload_status=overload.get("status_code", 503),
+            retry_after_s=overload.get("retry_after_s", 1),
+        )
+
+
+@dataclass
+class RequestState:
+    """What one request's guards and routes share."""
+
+    request_id: str
+    deadline: float | None  # time.monotonic() by which the model call must be answered
+    model: str = "-"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_settings = Settings()
+_state: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar(
+    "serve_app_request", default=None
+)
+
+
+def configure(settings: Settings) -> None:
+    global _settings
+    _settings = settings
+
+
+def settings() -> Settings:
+    return _settings
+
+
+def current() -> RequestState | None:
+    return _state.get()
+
+
+def effective_timeout(header: str | None, settings: Settings) -> float:
+    """The request's timeout: the header's (bounded by the maximum) or the default; 400 if
+    the header is not a positive number."""
+    if header is None:
+        return settings.request_timeout_s
+    try:
+        value = float(header)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise InvalidInput(
+            f"header X-Request-Timeout-Seconds must be a positive number of seconds,"
+            f" got '{header[:32]}'"
+        )
+    return min(value, settings.max_request_timeout_s)
+
+
+def deadline_margin(timeout_s: float) -> float:
+    """Answer a little before the deadline, so our 504 (with the protocol's body) reaches the
+    client before Serve's proxy gives up on the same header with its own plain 408."""
+    return min(0.5, max(0.05, 0.1 * timeout_s))
+
+
+def check_auth(authorization: str | None, tokens: tuple[str, ...]) -> None:
+    """Raise 401 unless ``authorization`` is ``Bearer <one of tokens>`` (no tokens: open)."""
+    if not tokens:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("missing bearer token (header Authorization: Bearer <token>)")
+    given_bytes = given.strip().encode()
+    # Compare against every token, so the time taken does not tell which one nearly matched.
+    matches = [hmac.compare_digest(given_bytes, t.encode()) for t in tokens]
+    if not any(matches):
+        raise Unauthorized("invalid bearer token")
+
+
+def is_open(path: str) -> bool:
+    return path.rstrip("/").endswith(OPEN_PATHS)
+
+
+class GuardMiddleware:
+    """Auth, deadline and request id before the route; access log and metrics after."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from serve_app.http import error_body_response
+
+        started = time.monotonic()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path = scope.get("path", "")
+        request_id = headers.get(REQUEST_ID_HEADER) or _serve_request_id()
+        status = {"code": 500}
+
+        async def send_tracking(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        config = _settings
+        token = _state.set(RequestState(request_id, None))
+        try:
+            try:
+                if not is_open(path):
+                    check_auth(headers.get("authorization"), config.tokens)
+                timeout = effective_timeout(headers.get(TIMEOUT_HEADER), config)
+            except ServingError as exc:
+                response = error_body_response(path, exc)
+                await response(scope, receive, send_tracking)
+                return
+            state = _state.get()
+            assert state is not None
+            state.deadline = started + timeout - deadline_margin(timeout)
+            await self.app(scope, receive, send_tracking)
+        finally:
+            state = _state.get()
+            model = state.model if state is not None else "-"
+            _state.reset(token)
+            elapsed = time.monotonic() - started
+            metrics.record_request(model, status["code"], elapsed)
+            logger.info(
+                "%s %s -> %d in %.1f ms (model %s, request id %s)",
+                scope.get("method", "-"),
+                path,
+                status["code"],
+                elapsed * 1000,
+                model,
+                request_id,
+            )
+
+
+def _serve_request_id() -> str:
+    """Serve's own id of this request (the proxy accepts and returns ``X-Request-Id``)."""
+    try:
+        from ray import serve
+
+        return serve.context._get_serve_request_context().request_id or "-"
+    except Exception:
+        return "-"

@@ -1,0 +1,118 @@
+"""Prometheus metrics of the service, exported through Ray's metrics agent (``ray_`` prefix).
+
+Created lazily (a replica creates only the ones it records) and never allowed to fail a
+request: outside a Ray worker, or if the metrics agent is unavailable, recording is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger("ray.serve")
+
+LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
+ROW_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+LOAD_BOUNDARIES_S = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300]
+
+# name -> (kind, description, tag keys, histogram boundaries)
+DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
+    "serve_app_requests": (
+        "counter",
+        "HTTP requests answered by the ingress, by model and status code",
+        ("model", "code"),
+        None,
+    ),
+    "serve_app_request_latency_ms": (
+        "histogram",
+        "Ingress latency of HTTP requests, by model",
+        ("model",),
+        LATENCY_BOUNDARIES_MS,
+    ),
+    "serve_app_batch_rows": (
+        "histogram",
+        "Rows (instances) per model call after dynamic batching",
+        ("model",),
+        ROW_BOUNDARIES,
+    ),
+    "serve_app_batch_requests": (
+        "histogram",
+        "Requests (chunks) per model call after dynamic batching",
+        ("model",),
+        ROW_BOUNDARIES,
+    ),
+    "serve_app_load_seconds": (
+        "histogram",
+        "Time to fetch, load and warm up one model version",
+        ("model", "outcome"),
+        LOAD_BOUNDARIES_S,
+    ),
+    "serve_app_cache_fetches": (
+        "counter",
+        "Versions of gs:// models fetched, from the local cache (hit) or GCS (miss)",
+        ("model", "result"),
+        None,
+    ),
+    "serve_app_versions_loaded": (
+        "gauge",
+        "Model versions loaded and serving in a replica",
+        ("model",),
+        None,
+    ),
+}
+
+_created: dict[str, Any] = {}
+
+
+def _metric(name: str) -> Any:
+    metric = _created.get(name)
+    if metric is None:
+        from ray.serve import metrics as serve_metrics
+
+        kind, description, tags, boundaries = DEFINITIONS[name]
+        if kind == "counter":
+            metric = serve_metrics.Counter(name, description=description, tag_keys=tags)
+        elif kind == "gauge":
+            metric = serve_metrics.Gauge(name, description=description, tag_keys=tags)
+        else:
+            metric = serve_metrics.Histogram(
+                name, description=description, boundaries=boundaries, tag_keys=tags
+            )
+        _created[name] = metric
+    return metric
+
+
+def _record(name: str, value: float, tags: dict[str, str]) -> None:
+    try:
+        metric = _metric(name)
+        kind = DEFINITIONS[name][0]
+        if kind == "counter":
+            metric.inc(value, tags=tags)
+        elif kind == "gauge":
+            metric.set(value, tags=tags)
+        else:
+            metric.observe(value, tags=tags)
+    except Exception as exc:  # metrics must never fail a request
+        logger.debug("metric %s not recorded: %s", name, exc)
+
+
+def record_request(model: str, code: int, seconds: float) -> None:
+    _record("serve_app_requests", 1, {"model": model, "code": str(code)})
+    _record("serve_app_request_latency_ms", seconds * 1000, {"model": model})
+
+
+def record_batch(model: str, rows: int, requests: int) -> None:
+    _record("serve_app_batch_rows", rows, {"model": model})
+    _record("serve_app_batch_requests", requests, {"model": model})
+
+
+def record_load(model: str, seconds: float, ok: bool) -> None:
+    _record("serve_app_load_seconds", seconds, {"model": model, "outcome": "ok" if ok else "error"})
+
+
+def record_cache_fetch(model: str, hit: bool) -> None:
+    _record("serve_app_cache_fetches", 1, {"model": model, "result": "hit" if hit else "miss"})
+
+
+def record_versions(model: str, count: int) -> None:
+    _record("serve_app_versions_loaded", count, {"model": model})

@@ -1,0 +1,186 @@
+"""The ingress guards (auth, deadlines, limits, overload) as pure code, without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+
+import pytest
+
+from serve_app import guard, metrics
+from serve_app.config import ConfigError, parse_app_config
+from serve_app.errors import DeadlineExceeded, InvalidInput, Overloaded, Unauthorized
+
+TOKEN = "s3cret-token-0123456789"
+
+
+def _args(**more):
+    model = {"name": "m", "framework": "tensorflow", "uri": "/models/m"}
+    return {"models": [model], **more}
+
+
+def test_config_accepts_the_robustness_settings():
+    config = parse_app_config(
+        {
+            "models": [
+                {
+                    "name": "m",
+                    "framework": "tensorflow",
+                    "uri": "/models/m",
+                    "max_queued_requests": 4,
+                }
+            ],
+            "ingress": {
+                "request_timeout_s": 5,
+                "max_request_timeout_s": 10,
+                "max_instances_per_request": 8,
+                "auth_tokens": [TOKEN],
+                "overload": {"status_code": 429, "retry_after_s": 2},
+            },
+        }
+    )
+    assert config.models[0].max_queued_requests == 4
+    assert config.ingress.overload.status_code == 429
+    assert config.ingress.auth_tokens == [TOKEN]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (_args(ingress={"overload": {"status_code": 500}}), "overload.status_code"),
+        (_args(ingress={"overload": {"retry_after": 1}}), "unknown key 'retry_after'"),
+        (_args(ingress={"request_timeout_s": 20, "max_request_timeout_s": 10}), "exceeds"),
+        (_args(ingress={"auth_tokens": ["short"]}), "auth_tokens"),
+        (_args(ingress={"max_instances_per_request": 0}), "max_instances_per_request"),
+        (_args(ingress={"auth_tokens_env": "BAD-NAME"}), "auth_tokens_env"),
+    ],
+)
+def test_config_refuses_bad_robustness_settings(args, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        parse_app_config(args)
+
+
+def test_max_queued_requests_reaches_the_deployment_options():
+    from serve_app.app import model_deployment
+
+    config = parse_app_config(
+        {
+            "models": [
+                {"name": "m", "framework": "tensorflow", "uri": "/m", "max_queued_requests": 3}
+            ]
+        }
+    )
+    assert model_deployment(config.models[0])._deployment_config.max_queued_requests == 3
+
+
+def test_settings_from_args_merges_env_tokens(monkeypatch):
+    monkeypatch.setenv("MY_TOKENS", " a-token-from-the-env , ,other-token-from-env")
+    settings = guard.Settings.from_args(
+        {"auth_tokens": [TOKEN], "auth_tokens_env": "MY_TOKENS", "overload": {"status_code": 429}}
+    )
+    assert settings.tokens == (TOKEN, "a-token-from-the-env", "other-token-from-env")
+    assert settings.overload_status == 429
+
+
+def test_effective_timeout_defaults_bounds_and_refuses():
+    settings = guard.Settings(request_timeout_s=7, max_request_timeout_s=30)
+    assert guard.effective_timeout(None, settings) == 7
+    assert guard.effective_timeout("2.5", settings) == 2.5
+    assert guard.effective_timeout("9999", settings) == 30
+    for bad in ("0", "-1", "abc", "nan", "inf", ""):
+        with pytest.raises(InvalidInput, match="X-Request-Timeout-Seconds"):
+            guard.effective_timeout(bad, settings)
+
+
+def test_deadline_margin_is_small_and_positive():
+    assert guard.deadline_margin(0.2) == 0.05
+    assert guard.deadline_margin(2) == pytest.approx(0.2)
+    assert guard.deadline_margin(300) == 0.5
+
+
+def test_check_auth():
+    guard.check_auth(None, ())  # no tokens configured: open
+    guard.check_auth(f"Bearer {TOKEN}", (TOKEN,))
+    guard.check_auth(f"bearer {TOKEN}", ("other-token-0123456", TOKEN))
+    for header in (None, "", TOKEN, f"Basic {TOKEN}", "Bearer ", "Bearer wrong-token-0123456"):
+        with pytest.raises(Unauthorized):
+            guard.check_auth(header, (TOKEN,))
+
+
+def test_open_paths():
+    assert guard.is_open("/v2/health/live")
+    assert guard.is_open("/myapp/v2/health/ready/")
+    assert not guard.is_open("/v2/models/m/infer")
+    assert not guard.is_open("/v1/completions")
+
+
+def test_errors_pickle_with_their_status_and_headers():
+    error = pickle.loads(pickle.dumps(Overloaded("busy", 429, 3)))
+    assert (error.status_code, error.headers, str(error)) == (429, {"Retry-After": "3"}, "busy")
+    assert pickle.loads(pickle.dumps(Overloaded("busy"))).headers == {}
+    assert pickle.loads(pickle.dumps(DeadlineExceeded("late"))).status_code == 504
+    assert Unauthorized("no").headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_metrics_recording_never_raises_outside_ray():
+    metrics.record_request("m", 200, 0.01)
+    metrics.record_batch("m", 4, 2)
+    metrics.record_load("m", 1.5, ok=True)
+    metrics.record_versions("m", 1)
+
+
+def _call(middleware, path: str, headers: dict[str, str]):
+    sent: list[dict] = []
+    seen: dict = {}
+
+    async def app(scope, receive, send):
+        state = guard.current()
+        seen["deadline"] = state.deadline
+        seen["request_id"] = state.request_id
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    asyncio.run(middleware(app)(scope, receive, send))
+    start = sent[0]
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], dict(start["headers"]), body, seen
+
+
+def test_middleware_refuses_without_token_in_the_protocol_body():
+    guard.configure(guard.Settings(tokens=(TOKEN,)))
+    try:
+        status, headers, body, seen = _call(guard.GuardMiddleware, "/v1/completions", {})
+        assert status == 401 and not seen
+        assert headers[b"www-authenticate"].startswith(b"Bearer")
+        assert "bearer token" in json.loads(body)["error"]["message"]
+        status, _, body, _ = _call(guard.GuardMiddleware, "/v2/models/m/infer", {})
+        assert status == 401 and "bearer token" in json.loads(body)["error"]
+        status, _, _, seen = _call(guard.GuardMiddleware, "/v2/health/ready", {})
+        assert status == 200
+        status, _, _, seen = _call(
+            guard.GuardMiddleware,
+            "/v2/models/m/infer",
+            {"Authorization": f"Bearer {TOKEN}", "X-Request-Id": "abc-1"},
+        )
+        assert status == 200 and seen["request_id"] == "abc-1" and seen["deadline"] is not None
+        status, _, body, _ = _call(
+            guard.GuardMiddleware,
+            "/v2/models/m/infer",
+            {"Authorization": f"Bearer {TOKEN}", "X-Request-Timeout-Seconds": "soon"},
+        )
+        assert status == 400 and "X-Request-Timeout-Seconds" in json.loads(body)["error"]
+    finally:
+        guard.configure(guard.Settings())
