@@ -238,7 +238,10 @@ def ray_placement() -> dict[str, Any]:
     context = ray.get_runtime_context()
     report["node_id"] = context.get_node_id()
     report["gpu_ids"] = [str(gpu) for gpu in ray.get_gpu_ids()]
-    report["assigned_resources"] = context.get_assigned_resources()
+    try:
+        report["assigned_resources"] = context.get_assigned_resources()
+    except AssertionError:  # a driver (not a replica) has no assigned resources
+        report["assigned_resources"] = {}
     return report
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve_app import metrics
+from serve_app.config import IngressSpec
 from serve_app.errors import InvalidInput, ServingError, Unauthorized
 
 logger = logging.getLogger("ray.serve")
@@ -26,35 +27,38 @@ REQUEST_ID_HEADER = "x-request-id"
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/-/healthz", "/-/routes")
 
 
+_DEFAULTS = IngressSpec()
+
+
 @dataclass
 class Settings:
-    """The ingress settings the guards use (``IngressSpec`` + ``OverloadSpec``)."""
+    """The ingress settings the guards use, from ``IngressSpec`` (defaults included)."""
 
-    max_request_bytes: int = 32 * 1024 * 1024
-    max_instances_per_request: int = 4096
-    request_timeout_s: float = 60.0
-    max_request_timeout_s: float = 300.0
+    max_request_bytes: int = _DEFAULTS.max_request_bytes
+    max_instances_per_request: int = _DEFAULTS.max_instances_per_request
+    request_timeout_s: float = _DEFAULTS.request_timeout_s
+    max_request_timeout_s: float = _DEFAULTS.max_request_timeout_s
     tokens: tuple[str, ...] = ()
-    overload_status: int = 503
-    retry_after_s: int | None = 1
+    overload_status: int = _DEFAULTS.overload.status_code
+    retry_after_s: int | None = _DEFAULTS.overload.retry_after_s
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> Settings:
-        tokens = list(args.get("auth_tokens") or [])
-        env = args.get("auth_tokens_env")
-        if env:
-            tokens += [t.strip() for t in os.environ.get(env, "").split(",") if t.strip()]
-        overload = args.get("overload") or {}
+        """From the app's ``ingress`` args; tokens from ``auth_tokens_env`` are added here,
+        on the ingress replica, so they never appear in the config."""
+        spec = IngressSpec.model_validate(args)
+        tokens = list(spec.auth_tokens)
+        if spec.auth_tokens_env:
+            value = os.environ.get(spec.auth_tokens_env, "")
+            tokens += [t.strip() for t in value.split(",") if t.strip()]
         return cls(
-            max_request_bytes=args.get("max_request_bytes", cls.max_request_bytes),
-            max_instances_per_request=args.get(
-                "max_instances_per_request", cls.max_instances_per_request
-            ),
-            request_timeout_s=args.get("request_timeout_s", cls.request_timeout_s),
-            max_request_timeout_s=args.get("max_request_timeout_s", cls.max_request_timeout_s),
+            max_request_bytes=spec.max_request_bytes,
+            max_instances_per_request=spec.max_instances_per_request,
+            request_timeout_s=spec.request_timeout_s,
+            max_request_timeout_s=spec.max_request_timeout_s,
             tokens=tuple(tokens),
-            overload_status=overload.get("status_code", 503),
-            retry_after_s=overload.get("retry_after_s", 1),
+            overload_status=spec.overload.status_code,
+            retry_after_s=spec.overload.retry_after_s,
         )
 
 

@@ -29,13 +29,10 @@ class Ingress(TFServingRoutes, V2Routes, OpenAIRoutes):
         self,
         handles: dict[str, DeploymentHandle],
         kinds: dict[str, str],
-        settings: dict[str, Any] | int,
+        settings: dict[str, Any],
     ) -> None:
         self.handles = handles
         self.kinds = kinds
-        # An int is the request size limit alone (apps built before the ingress settings).
-        if isinstance(settings, int):
-            settings = {"max_request_bytes": settings}
         guard.configure(guard.Settings.from_args(settings))
         self.max_request_bytes = guard.settings().max_request_bytes
         self.fleet = FleetStatus(serve.get_replica_context().app_name, list(handles))

@@ -146,7 +146,7 @@ def test_embeddings(client: openai.OpenAI, fleet: dict, encoding: str) -> None:
         (
             lambda c: c.completions.create(model="tiny-gpt2", prompt="x", max_tokens=5000),
             400,
-            "max_new_tokens",
+            "max_tokens must be at most 1024",
         ),
         (
             lambda c: c.completions.create(model="tiny-gpt2", prompt=["a", "b"], stream=True),
