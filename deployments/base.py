@@ -33,7 +33,7 @@ from deployments.batching import (
     slice_rows,
     split_outputs,
 )
-from deployments.servable import DEFAULT_SIGNATURE, Servable
+from deployments.servable import Servable
 from deployments.signature import prepare_inputs, requested_outputs, squeeze_outputs
 from deployments.versions import AVAILABLE, END, LOADING, UNLOADING, ModelVersion, VersionTable
 from serve_app import metrics
@@ -41,8 +41,6 @@ from serve_app.config import ModelSpec, StoreSpec, parse_hot_settings
 from serve_app.errors import ModelLoadError, ServingError
 from serve_app.request import PREDICT, PredictRequest
 from serve_app.store import open_store, select_versions, store_notice
-
-__all__ = ["DEFAULT_SIGNATURE", "ModelDeployment"]
 
 logger = logging.getLogger("ray.serve")
 

@@ -45,7 +45,6 @@ CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 # Left outside a fractional replica's memory limit for its CUDA context, cuDNN/cuBLAS
 # workspaces and allocator slack, which no framework limit counts.
 CONTEXT_RESERVE_MIB = 512
-TORCH_DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_DTYPE = "float32"
 
 

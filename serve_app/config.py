@@ -248,10 +248,6 @@ class AppConfig(_Strict):
             seen.add(model.name)
         return self
 
-    def model(self, name: str) -> ModelSpec:
-        """The spec of the model called ``name``."""
-        return next(m for m in self.models if m.name == name)
-
 
 def parse_app_config(args: Any) -> AppConfig:
     """Validate application args, raising ConfigError with one readable line per problem."""

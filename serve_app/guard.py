@@ -12,7 +12,7 @@ import hmac
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from serve_app import metrics
@@ -69,7 +69,6 @@ class RequestState:
     request_id: str
     deadline: float | None  # time.monotonic() by which the model call must be answered
     model: str = "-"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _settings = Settings()

@@ -34,7 +34,6 @@ class Ingress(TFServingRoutes, V2Routes, OpenAIRoutes):
         self.handles = handles
         self.kinds = kinds
         guard.configure(guard.Settings.from_args(settings))
-        self.max_request_bytes = guard.settings().max_request_bytes
         self.fleet = FleetStatus(serve.get_replica_context().app_name, list(handles))
 
     # --- TensorFlow Serving REST ---------------------------------------------------------

@@ -35,7 +35,6 @@ class ModelRouter:
     handles: dict[str, DeploymentHandle]
     kinds: dict[str, str]  # model name -> "tensorflow" or its transformers task
     fleet: FleetStatus
-    max_request_bytes: int
 
     async def model_handle(self, name: str, kinds: tuple[str, ...] = ()) -> DeploymentHandle:
         """The handle of a model that can answer now: 404 if unknown, 503 if it failed."""
@@ -112,9 +111,9 @@ class ModelRouter:
         self.check_instances(max(rows, default=1))
 
     async def body_bytes(self, request: Request) -> bytes:
-        """The request body, refused with 413 past ``max_request_bytes``."""
+        """The request body, refused with 413 past ``ingress.max_request_bytes``."""
         declared = request.headers.get("content-length")
-        limit = self.max_request_bytes
+        limit = guard.settings().max_request_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(
                 f"request body of {declared} bytes exceeds the limit of {limit} bytes"

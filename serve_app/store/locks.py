@@ -26,10 +26,6 @@ class FileLock:
         self.shared = shared
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self, blocking: bool = True, waiting_message: str = "") -> bool:
         """Take the lock; with ``blocking=False`` return False at once if someone holds it.
 
