@@ -21,6 +21,7 @@ class BatchItem:
     parameters: dict[str, Any] = field(default_factory=dict)
     group: str = ""  # items share a model call only if their groups are equal
     version: int = 0  # the model version that answers this item
+    host: Any = None  # the ModelHost of the model that answers it (pools hold many)
 
 
 def parameters_key(parameters: dict[str, Any]) -> str:

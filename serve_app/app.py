@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
-from serve_app.config import AppConfig, ModelSpec, StoreSpec, parse_app_config
+from serve_app.config import (
+    AppConfig,
+    ConfigError,
+    ModelSpec,
+    PoolSpec,
+    StoreSpec,
+    parse_app_config,
+)
+from serve_app.errors import ModelLoadError
+
+logger = logging.getLogger("ray.serve")
 
 INGRESS_NAME = "Ingress"  # capitalised, so it can never clash with a (lowercase) model name
 # A load failure is rarely transient; three tries, then `serve status` shows the reason.
@@ -16,17 +27,28 @@ MAX_LOAD_ATTEMPTS = 3
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """One deployment per model, named after it, and the ingress bound to a name->handle map."""
+    """One deployment per model and per pool, named after it, and the ingress bound to them."""
     config = parse_app_config(args)
+    check_pool_names(config)
     handles = {
         spec.name: model_deployment(spec).bind(
             spec_for_replica(spec, config.store), spec.hot_settings().model_dump()
         )
         for spec in config.models
     }
-    kinds = {spec.name: spec.task or spec.framework for spec in config.models}
+    kinds = {spec.name: spec.kind for spec in config.models}
+    pools = {
+        pool.name: pool_deployment(pool).bind(
+            spec_for_replica(pool, config.store), pool.hot_settings().model_dump()
+        )
+        for pool in config.pools
+    }
+    pool_settings = {
+        pool.name: {"kind": pool.kind, "discovery_interval_s": pool.discovery_interval_s}
+        for pool in config.pools
+    }
     ingress = _ingress_deployment(config)
-    return ingress.bind(handles, kinds, config.ingress.model_dump())
+    return ingress.bind(handles, kinds, config.ingress.model_dump(), pools, pool_settings)
 
 
 def model_deployment(spec: ModelSpec) -> Deployment:
@@ -35,6 +57,42 @@ def model_deployment(spec: ModelSpec) -> Deployment:
         from deployments.tensorflow import TensorFlowDeployment as deployment
     else:
         from deployments.transformers import TransformersDeployment as deployment
+    return deployment.options(**_deployment_options(spec))
+
+
+def pool_deployment(pool: PoolSpec) -> Deployment:
+    """The Serve deployment of a model pool (one per pool, named after it)."""
+    from deployments.pool import PoolDeployment
+
+    return PoolDeployment.options(**_deployment_options(pool))
+
+
+def check_pool_names(config: AppConfig) -> None:
+    """Refuse a fleet where a pool's model has the name of a dedicated model or of a model in
+    an earlier pool. (A clashing model added later is skipped by the ingress, with a warning.)
+    """
+    from serve_app.store import list_pool_models
+
+    owners = {spec.name: f"the dedicated model '{spec.name}'" for spec in config.models}
+    for pool in config.pools:
+        try:
+            names = list_pool_models(_absolute(pool.uri), config.store)
+        except ModelLoadError as exc:
+            raise ConfigError(f"pool '{pool.name}': {exc}") from None
+        except Exception as exc:  # e.g. GCS unreachable from here: the replicas will list it
+            logger.warning("pool '%s': cannot list %s now: %s", pool.name, pool.uri, exc)
+            continue
+        for name in names:
+            if name in owners:
+                raise ConfigError(
+                    f"pool '{pool.name}': model '{name}' in {pool.uri} has the name of"
+                    f" {owners[name]}; model names must be unique across the fleet"
+                )
+            owners[name] = f"a model of pool '{pool.name}'"
+
+
+def _deployment_options(spec: ModelSpec | PoolSpec) -> dict[str, Any]:
+    """Serve options from a model's or a pool's resources, replicas and hot settings."""
     actor_options: dict[str, Any] = {
         "num_cpus": spec.resources.num_cpus,
         "num_gpus": spec.resources.num_gpus,
@@ -58,10 +116,14 @@ def model_deployment(spec: ModelSpec) -> Deployment:
         options["autoscaling_config"] = spec.autoscaling.model_dump(exclude_none=True)
     else:
         options["num_replicas"] = spec.num_replicas or 1
-    return deployment.options(**options)
+    return options
 
 
-def spec_for_replica(spec: ModelSpec, store: StoreSpec | None = None) -> dict[str, Any]:
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
+def spec_for_replica(spec: ModelSpec | PoolSpec, store: StoreSpec | None = None) -> dict[str, Any]:
     """Load settings with a local ``uri`` made absolute, so replicas need not share our cwd.
 
     The app's ``store`` settings (cache directory, limits) travel with them under ``store``;
@@ -69,8 +131,7 @@ def spec_for_replica(spec: ModelSpec, store: StoreSpec | None = None) -> dict[st
     for the replica's machine to resolve.
     """
     settings = spec.load_settings()
-    if "://" not in spec.uri:
-        settings["uri"] = str(Path(spec.uri).expanduser().resolve())
+    settings["uri"] = _absolute(spec.uri)
     store = store or StoreSpec()
     cache_dir = store.cache_dir
     if cache_dir is not None and not cache_dir.startswith("~"):

@@ -6,6 +6,7 @@ so a typo such as ``max_batch_sise`` never turns into a silently ignored setting
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from typing import Annotated, Any, Literal, Union
@@ -13,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+_NAME = re.compile(MODEL_NAME_PATTERN)
 TASKS = ("text-generation", "feature-extraction", "text-classification")
 # Ray accelerator types: L4, T4, A100, A100-80G, H100, TPU-V5E, ...
 ACCELERATOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -127,15 +129,14 @@ class HotSettings(_Strict):
     poll_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
 
 
-class ModelSpec(_Strict):
-    """One model of the fleet: where it lives, how it is batched and placed."""
+class _ServedSpec(_Strict):
+    """What a dedicated model and a pool share: framework, placement, batching, replicas."""
 
     name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN, max_length=63)]
     framework: Literal["tensorflow", "transformers"]
     uri: Annotated[str, Field(min_length=1)]
     task: Literal["text-generation", "feature-extraction", "text-classification"] | None = None
     version_policy: VersionPolicy = VersionPolicy(latest=1)
-    labels: VersionLabels = {}
     poll_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
     batching: BatchingSpec = BatchingSpec()
     resources: ResourceSpec = ResourceSpec()
@@ -149,7 +150,7 @@ class ModelSpec(_Strict):
     max_queued_requests: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> ModelSpec:
+    def _consistent(self) -> _ServedSpec:
         if self.framework == "transformers" and self.task is None:
             raise ValueError(f"task is required for transformers models (one of {list(TASKS)})")
         if self.framework == "tensorflow" and self.task is not None:
@@ -163,22 +164,85 @@ class ModelSpec(_Strict):
             raise ValueError("set num_replicas or autoscaling, not both")
         return self
 
+    @property
+    def kind(self) -> str:
+        """What the protocols route by: ``tensorflow`` or the transformers task."""
+        return self.task or self.framework
+
     def hot_settings(self) -> HotSettings:
         """The part of the spec that changes in place, through ``user_config``."""
         return HotSettings(
             batching=self.batching,
             version_policy=self.version_policy,
-            labels=self.labels,
+            labels=getattr(self, "labels", {}),
             poll_interval_s=self.poll_interval_s,
         )
+
+    def effective_max_ongoing_requests(self) -> int:
+        """At least two full batches, so a batch can fill while the previous one runs."""
+        return self.max_ongoing_requests or max(8, 2 * self.batching.max_batch_size)
+
+
+class ModelSpec(_ServedSpec):
+    """One model of the fleet, in a deployment of its own."""
+
+    labels: VersionLabels = {}
 
     def load_settings(self) -> dict[str, Any]:
         """The part of the spec a replica needs at start; changing it restarts replicas."""
         return self.model_dump(include={"name", "framework", "uri", "task", "resources", "dtype"})
 
-    def effective_max_ongoing_requests(self) -> int:
-        """At least two full batches, so a batch can fill while the previous one runs."""
-        return self.max_ongoing_requests or max(8, 2 * self.batching.max_batch_size)
+
+class PoolSpec(_ServedSpec):
+    """A shared pool of replicas serving every model under ``uri`` (model multiplexing).
+
+    Each subdirectory of ``uri`` whose name is a valid model name is one model, with its own
+    versions; a replica loads models on demand and keeps at most ``max_models_per_replica``,
+    evicting the least recently used.
+    """
+
+    max_models_per_replica: Annotated[int, Field(ge=1, le=4096)] = 8
+    # Loads that may run at once in one replica; each model loads on its own thread.
+    max_concurrent_loads: Annotated[int, Field(ge=1, le=64)] = 4
+    # How often the ingress re-lists ``uri`` for new models (a request for a name it does
+    # not know also re-lists it, at most once a second).
+    discovery_interval_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    def member_spec(self, model: str) -> ModelSpec:
+        """The spec of one model of the pool; ``model`` must already be a checked name."""
+        if not _NAME.fullmatch(model):
+            raise ValueError(f"'{model}' is not a valid model name ({MODEL_NAME_PATTERN})")
+        base = self.uri.rstrip("/")
+        return ModelSpec(
+            name=model,
+            uri=f"{base}/{model}",
+            **self.model_dump(
+                include={
+                    "framework",
+                    "task",
+                    "version_policy",
+                    "poll_interval_s",
+                    "batching",
+                    "resources",
+                    "dtype",
+                }
+            ),
+        )
+
+    def load_settings(self) -> dict[str, Any]:
+        """What a pool replica needs at start; changing it restarts the pool's replicas."""
+        return self.model_dump(
+            include={
+                "name",
+                "framework",
+                "uri",
+                "task",
+                "resources",
+                "dtype",
+                "max_models_per_replica",
+                "max_concurrent_loads",
+            }
+        )
 
 
 class OverloadSpec(_Strict):
@@ -233,19 +297,31 @@ class StoreSpec(_Strict):
 
 
 class AppConfig(_Strict):
-    """The application args: a fleet of models behind one ingress."""
+    """The application args: dedicated models and model pools behind one ingress."""
 
-    models: Annotated[list[ModelSpec], Field(min_length=1)]
+    models: list[ModelSpec] = []
+    pools: list[PoolSpec] = []
     ingress: IngressSpec = IngressSpec()
     store: StoreSpec = StoreSpec()
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppConfig:
-        seen: set[str] = set()
-        for index, model in enumerate(self.models):
-            if model.name in seen:
-                raise ValueError(f"models[{index}]: duplicate model name '{model.name}'")
-            seen.add(model.name)
+        if not self.models and not self.pools:
+            raise ValueError("the fleet is empty: give at least one entry in models or pools")
+        seen: dict[str, str] = {}
+        entries = [("models", m.name) for m in self.models] + [
+            ("pools", p.name) for p in self.pools
+        ]
+        counters = {"models": 0, "pools": 0}
+        for field, name in entries:
+            where = f"{field}[{counters[field]}]"
+            counters[field] += 1
+            if name in seen:
+                raise ValueError(
+                    f"{where}: duplicate model name '{name}', already used by {seen[name]}"
+                    " (models and pools share one namespace: each is a deployment)"
+                )
+            seen[name] = where
         return self
 
 
@@ -294,13 +370,13 @@ def _describe(error: dict, args: Any, root: type[BaseModel] = AppConfig) -> str:
 
 def _format_location(loc: list, args: Any) -> str:
     """``model 'digits' (models[0]): batching.max_batch_size`` style locations."""
-    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
-        models = args.get("models") if isinstance(args, dict) else None
-        entry = models[loc[1]] if isinstance(models, list) and loc[1] < len(models) else None
+    kinds = {"models": "model", "pools": "pool"}
+    if len(loc) >= 2 and loc[0] in kinds and isinstance(loc[1], int):
+        entries = args.get(loc[0]) if isinstance(args, dict) else None
+        entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else None
         name = entry.get("name") if isinstance(entry, dict) else None
-        label = (
-            f"model '{name}' (models[{loc[1]}])" if isinstance(name, str) else f"models[{loc[1]}]"
-        )
+        index = f"{loc[0]}[{loc[1]}]"
+        label = f"{kinds[loc[0]]} '{name}' ({index})" if isinstance(name, str) else index
         rest = ".".join(str(part) for part in loc[2:])
         return f"{label}: {rest}" if rest else label
     return ".".join(str(part) for part in loc)

@@ -15,6 +15,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app import guard
 from serve_app.fleet_status import FleetStatus
 from serve_app.http import api
+from serve_app.pool_catalog import PoolCatalog, PoolView
 from serve_app.routes.openai import OpenAIRoutes
 from serve_app.routes.tfserving import TFServingRoutes
 from serve_app.routes.v2 import V2Routes, parse_version
@@ -30,11 +31,20 @@ class Ingress(TFServingRoutes, V2Routes, OpenAIRoutes):
         handles: dict[str, DeploymentHandle],
         kinds: dict[str, str],
         settings: dict[str, Any],
+        pool_handles: dict[str, DeploymentHandle] | None = None,
+        pool_settings: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.handles = handles
         self.kinds = kinds
         guard.configure(guard.Settings.from_args(settings))
-        self.fleet = FleetStatus(serve.get_replica_context().app_name, list(handles))
+        pool_handles = pool_handles or {}
+        pool_settings = pool_settings or {}
+        pools = {
+            name: PoolView(handle, **pool_settings[name]) for name, handle in pool_handles.items()
+        }
+        self.pools = PoolCatalog(pools, set(handles))
+        deployments = list(handles) + list(pools)
+        self.fleet = FleetStatus(serve.get_replica_context().app_name, deployments)
 
     # --- TensorFlow Serving REST ---------------------------------------------------------
 

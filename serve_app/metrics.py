@@ -59,6 +59,30 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
         ("model",),
         None,
     ),
+    "serve_app_pool_models": (
+        "gauge",
+        "Models a pool replica holds (loaded or loading)",
+        ("pool",),
+        None,
+    ),
+    "serve_app_pool_load_seconds": (
+        "histogram",
+        "Time to load one model of a pool on demand (fetch, load, warm up)",
+        ("pool",),
+        LOAD_BOUNDARIES_S,
+    ),
+    "serve_app_pool_evictions": (
+        "counter",
+        "Models a pool replica evicted (least recently used) to make room",
+        ("pool",),
+        None,
+    ),
+    "serve_app_pool_requests": (
+        "counter",
+        "Pool requests that found their model loaded (hit) or waited for a load (miss)",
+        ("pool", "result"),
+        None,
+    ),
 }
 
 _created: dict[str, Any] = {}
@@ -116,3 +140,19 @@ def record_cache_fetch(model: str, hit: bool) -> None:
 
 def record_versions(model: str, count: int) -> None:
     _record("serve_app_versions_loaded", count, {"model": model})
+
+
+def record_pool_models(pool: str, count: int) -> None:
+    _record("serve_app_pool_models", count, {"pool": pool})
+
+
+def record_pool_load(pool: str, seconds: float) -> None:
+    _record("serve_app_pool_load_seconds", seconds, {"pool": pool})
+
+
+def record_pool_eviction(pool: str) -> None:
+    _record("serve_app_pool_evictions", 1, {"pool": pool})
+
+
+def record_pool_request(pool: str, hit: bool) -> None:
+    _record("serve_app_pool_requests", 1, {"pool": pool, "result": "hit" if hit else "miss"})

@@ -173,6 +173,7 @@ class CountingProxy:
         self._faults: list[str] = []  # consumed in order by object downloads
         self._released = threading.Event()
         self._released.set()
+        self._hold_filter = ""
         self.in_flight = 0  # object downloads being answered right now
         self.max_in_flight = 0
         self._server: ThreadingHTTPServer | None = None
@@ -234,8 +235,10 @@ class CountingProxy:
         with self._lock:
             self._faults.clear()
 
-    def hold_downloads(self) -> None:
-        """Make object downloads wait (at the proxy) until ``release_downloads``."""
+    def hold_downloads(self, name_contains: str = "") -> None:
+        """Make object downloads (of objects whose name contains ``name_contains``) wait at
+        the proxy until ``release_downloads``."""
+        self._hold_filter = name_contains
         self._released.clear()
 
     def release_downloads(self) -> None:
@@ -284,7 +287,9 @@ def _handler_for(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
                 return
             proxy._count_in_flight(1)
             try:
-                proxy._released.wait()
+                held = Seen(self.command, self.path.partition("?")[0], "", 0, 0)
+                if proxy._hold_filter in held.object_name:
+                    proxy._released.wait()
                 self._relay(proxy._next_fault())
             finally:
                 proxy._count_in_flight(-1)

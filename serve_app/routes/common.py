@@ -24,9 +24,14 @@ from serve_app.errors import (
     ServingError,
 )
 from serve_app.fleet_status import POLL_INTERVAL_S, FleetStatus
+from serve_app.pool_catalog import PoolCatalog
 from serve_app.request import PredictRequest
 
 _NAME = re.compile(MODEL_NAME_PATTERN.strip("^$"))
+
+
+# At most this many names are listed in a "not found" error (pools may hold thousands).
+KNOWN_NAMES_SHOWN = 20
 
 
 class ModelRouter:
@@ -34,24 +39,47 @@ class ModelRouter:
 
     handles: dict[str, DeploymentHandle]
     kinds: dict[str, str]  # model name -> "tensorflow" or its transformers task
+    pools: PoolCatalog
     fleet: FleetStatus
 
     async def model_handle(self, name: str, kinds: tuple[str, ...] = ()) -> DeploymentHandle:
-        """The handle of a model that can answer now: 404 if unknown, 503 if it failed."""
+        """The handle of a model that can answer now: 404 if unknown, 503 if it failed.
+
+        A dedicated model's handle, or for a pool's model a handle that routes by its name
+        to the pool replicas holding it.
+        """
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             shown = name[:64] if isinstance(name, str) else type(name).__name__
             raise NotFound(f"model '{shown}' not found (model names match {MODEL_NAME_PATTERN})")
         state = guard.current()
         if state is not None:
             state.model = name
-        handle = self.handles.get(name)
-        if handle is None or (kinds and self.kinds.get(name) not in kinds):
-            known = [n for n in sorted(self.handles) if not kinds or self.kinds[n] in kinds]
+        handle, kind = self.handles.get(name), self.kinds.get(name)
+        if handle is None:
+            found = await self.pools.lookup(name)
+            if found is not None:
+                handle, kind = found[1], self.pools.kind(name)
+        if handle is None or (kinds and kind not in kinds):
+            known = [n for n in self.model_names() if not kinds or self.kind_of(n) in kinds]
+            shown = ", ".join(known[:KNOWN_NAMES_SHOWN])
+            if len(known) > KNOWN_NAMES_SHOWN:
+                shown += f" and {len(known) - KNOWN_NAMES_SHOWN} more"
             what = f" of kind {'/'.join(kinds)}" if kinds else ""
-            raise NotFound(f"model '{name}'{what} not found (known models: {', '.join(known)})")
+            raise NotFound(f"model '{name}'{what} not found (known models: {shown})")
         await self.fleet.ready()
-        self.fleet.check(name)
+        self.fleet.check(self.deployment_of(name))
         return handle
+
+    def model_names(self) -> list[str]:
+        """Every model served now: dedicated ones and those the pools hold."""
+        return sorted({*self.handles, *self.pools.names()})
+
+    def kind_of(self, name: str) -> str | None:
+        return self.kinds.get(name) or self.pools.kind(name)
+
+    def deployment_of(self, name: str) -> str:
+        """The deployment serving a model: its own, or its pool's."""
+        return self.pools.owner.get(name, name) if name not in self.handles else name
 
     async def answer(
         self,
@@ -81,7 +109,7 @@ class ModelRouter:
                         f"model '{name}' did not answer within the request's deadline"
                         " (X-Request-Timeout-Seconds or ingress.request_timeout_s)"
                     )
-                self.fleet.check(name)
+                self.fleet.check(self.deployment_of(name))
         except BackPressureError as exc:
             overload = guard.settings()
             raise Overloaded(

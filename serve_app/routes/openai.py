@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from serve_app.errors import InvalidInput, ServingError
 from serve_app.http import JSONWithNaN
+from serve_app.pool_catalog import MISS_REFRESH_S
 from serve_app.protocols import openai
 from serve_app.request import PredictRequest
 from serve_app.routes.common import ModelRouter
@@ -25,7 +26,8 @@ class OpenAIRoutes(ModelRouter):
     """``/v1/models``, ``/v1/completions`` (with ``stream``) and ``/v1/embeddings``."""
 
     async def openai_models(self) -> Response:
-        names = [n for n in sorted(self.handles) if self.kinds[n] in (GENERATION, EMBEDDING)]
+        await self.pools.refresh(max_age=MISS_REFRESH_S)
+        names = [n for n in self.model_names() if self.kind_of(n) in (GENERATION, EMBEDDING)]
         return JSONWithNaN(openai.models_list(names, _STARTED))
 
     async def openai_completions(self, request: Request) -> Response:

@@ -30,7 +30,7 @@ class V2Routes(ModelRouter):
     async def v2_ready(self) -> Response:
         """Ready when every model has a replica that can answer (Triton's strict readiness)."""
         await self.fleet.ready()
-        ready = all(self.fleet.available(name) for name in self.handles)
+        ready = all(self.fleet.available(name) for name in self.fleet.model_names)
         return JSONWithNaN({"ready": ready}, status_code=200 if ready else 503)
 
     async def v2_model_stats(self, name: str) -> Response:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from serve_app.config import StoreSpec
+import re
+
+from serve_app.config import MODEL_NAME_PATTERN, StoreSpec
 from serve_app.errors import ModelLoadError
 from serve_app.store.base import ModelStore, select_versions
 from serve_app.store.local import LocalStore
 
-__all__ = ["LocalStore", "ModelStore", "open_store", "select_versions", "store_notice"]
+__all__ = [
+    "LocalStore",
+    "ModelStore",
+    "list_pool_models",
+    "open_store",
+    "select_versions",
+    "store_notice",
+]
 
 
 def open_store(uri: str, settings: StoreSpec | None = None) -> ModelStore:
@@ -35,3 +44,16 @@ def store_notice(store: ModelStore) -> str:
     A ``gs://`` model served from the cache because GCS could not be reached says so here.
     """
     return getattr(store, "notice", "") or ""
+
+
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
+
+
+def list_pool_models(uri: str, settings: StoreSpec | None = None) -> list[str]:
+    """The models of a pool: the subdirectories of ``uri`` named like models, sorted.
+
+    Other names (``.staging``, ``Upper``, names with spaces) are skipped, so a directory name
+    never becomes a model, and so a path, unchecked.
+    """
+    names = open_store(uri, settings).subdirectories()
+    return sorted(name for name in names if _MODEL_NAME.fullmatch(name) and len(name) <= 63)

@@ -32,6 +32,10 @@ class ModelStore(abc.ABC):
     def fetch(self, version: int) -> Path:
         """A local directory holding ``version``, ready for the framework to load."""
 
+    @abc.abstractmethod
+    def subdirectories(self) -> list[str]:
+        """The names of the directories directly under the URI; used for model pools."""
+
     def release(self, version: int) -> None:  # noqa: B027 - optional hook, no-op by default
         """The replica no longer serves ``version`` (a cache may now evict it)."""
 

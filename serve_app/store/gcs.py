@@ -125,8 +125,12 @@ class GCSStore(ModelStore):
 
     # --- listing -----------------------------------------------------------------------
 
-    def _remote_version_dirs(self) -> dict[int, str]:
-        """Version -> its directory name (``00000123`` stays as written); {1: ""} if unversioned."""
+    def subdirectories(self) -> list[str]:
+        """The names of the directories directly under the URI (a pool's models)."""
+        return self._list_directory()[1]
+
+    def _list_directory(self) -> tuple[bool, list[str]]:
+        """Whether objects lie directly under the URI, and its subdirectories' names."""
         loc = self.location
         base = loc.dir_prefix()
         try:
@@ -141,6 +145,12 @@ class GCSStore(ModelStore):
             subdirs = [p[len(base) :].rstrip("/") for p in pages.prefixes]
         except Exception as exc:
             raise _answer_error(exc, loc.uri, loc.bucket) from None
+        return has_files, subdirs
+
+    def _remote_version_dirs(self) -> dict[int, str]:
+        """Version -> its directory name (``00000123`` stays as written); {1: ""} if unversioned."""
+        loc = self.location
+        has_files, subdirs = self._list_directory()
         if not has_files and not subdirs:
             raise ModelLoadError(f"{loc.uri} not found (no objects under it)")
         versions: dict[int, str] = {}

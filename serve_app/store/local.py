@@ -39,3 +39,9 @@ class LocalStore(ModelStore):
         if version not in dirs:
             raise ModelLoadError(f"version {version} not found in {self.uri}")
         return dirs[version]
+
+    def subdirectories(self) -> list[str]:
+        """The names of the directories directly under the root (a pool's models)."""
+        if not self.root.is_dir():
+            raise ModelLoadError(f"model pool {self.uri} not found (not a directory)")
+        return [child.name for child in self.root.iterdir() if child.is_dir()]

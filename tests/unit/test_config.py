@@ -39,7 +39,7 @@ def test_unknown_top_level_and_model_keys() -> None:
         parse_app_config({"models": [model(colour="red")], "modles": []})
     message = str(error.value)
     assert "model 'digits' (models[0]): colour: unknown key 'colour'" in message
-    assert "modles: unknown key 'modles' (allowed: models, ingress, store)" in message
+    assert "modles: unknown key 'modles' (allowed: models, pools, ingress, store)" in message
 
 
 def test_duplicate_names_are_refused() -> None:
