@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 from ray import serve
 
-from deployments.batching import BatchItem, count_rows
+from deployments.batcher import DynamicBatcher
+from deployments.batching import BatchItem
 from deployments.host import ModelHost, run_batch
 from deployments.servable import Servable
 from serve_app.config import ModelSpec, StoreSpec, parse_hot_settings
@@ -36,10 +37,17 @@ class ModelDeployment:
         self._base_hot = hot_settings
         # One thread: model calls run off the event loop, one batch at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-infer")
+        hot = parse_hot_settings(hot_settings, self.name)
+        self._batcher = DynamicBatcher(
+            self._run_batch,
+            rows_of,
+            hot.batching.max_batch_size,
+            hot.batching.batch_wait_timeout_s,
+        )
         self.host = ModelHost(
             spec,
             store_settings,
-            parse_hot_settings(hot_settings, self.name),
+            hot,
             self.servable_class,
             self._executor,
             self._submit,
@@ -52,8 +60,7 @@ class ModelDeployment:
         """Apply hot settings at once; version changes load in the background, never here
         (Serve takes the replica out of rotation while this runs)."""
         hot = parse_hot_settings(user_config, self.name, self._base_hot)
-        self._run_batch.set_max_batch_size(hot.batching.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(hot.batching.batch_wait_timeout_s)
+        self._batcher.configure(hot.batching.max_batch_size, hot.batching.batch_wait_timeout_s)
         self.host.apply_hot(hot)
 
     def check_health(self) -> None:
@@ -71,14 +78,9 @@ class ModelDeployment:
         return await self.host.predict_versioned(request)
 
     async def _submit(self, item: BatchItem) -> dict[str, np.ndarray]:
-        result = await self._run_batch(item)
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return await self._batcher.submit(item)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=count_rows)
     async def _run_batch(self, items: list[BatchItem]) -> list[Any]:
-        # An exception in the results is raised to its own caller by _submit.
         return await run_batch(items, self._executor, f"deployment '{self.name}'")
 
     async def generate_stream(
@@ -118,6 +120,11 @@ class ModelDeployment:
             "versions": self.host.table.statuses(),
             **replica_report(),
         }
+
+
+def rows_of(item: BatchItem) -> int:
+    """A batch counts rows (instances), not requests."""
+    return item.rows
 
 
 def replica_report() -> dict[str, Any]:

@@ -36,11 +36,6 @@ def parameters_key(parameters: dict[str, Any]) -> str:
     return f"{key}#{uuid.uuid4().hex}" if parameters.get("seed") is not None else key
 
 
-def count_rows(items: list[BatchItem]) -> int:
-    """Serve's ``batch_size_fn``: a batch counts rows (instances), not requests."""
-    return sum(item.rows for item in items)
-
-
 def group_compatible(items: list[BatchItem]) -> list[list[int]]:
     """Indices of items that can share one model call (same signature, dtypes, row shapes)."""
     groups: dict[tuple, list[int]] = {}

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.base import replica_report
-from deployments.batching import BatchItem, count_rows
+from deployments.base import replica_report, rows_of
+from deployments.batcher import DynamicBatcher
+from deployments.batching import BatchItem
 from deployments.host import ModelHost, run_batch
 from deployments.servable import Servable
 from deployments.versions import RETRY_FAILED_AFTER_S
@@ -130,6 +131,13 @@ class PoolReplica:
         # One inference thread for every model (one batch at a time, as a dedicated
         # replica), and loader threads so that loads never wait for each other.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-infer")
+        # Items of different models share a batch window but never a model call.
+        self._batcher = DynamicBatcher(
+            self._run_batch,
+            rows_of,
+            self.hot.batching.max_batch_size,
+            self.hot.batching.batch_wait_timeout_s,
+        )
         self._loader = ThreadPoolExecutor(
             max_workers=self.pool.max_concurrent_loads, thread_name_prefix=f"{self.name}-load"
         )
@@ -227,8 +235,9 @@ class PoolReplica:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Hot settings for every model of the pool (batching, version policy, polling)."""
         self.hot = parse_hot_settings(user_config, self.name, self._base_hot)
-        self._run_batch.set_max_batch_size(self.hot.batching.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(self.hot.batching.batch_wait_timeout_s)
+        self._batcher.configure(
+            self.hot.batching.max_batch_size, self.hot.batching.batch_wait_timeout_s
+        )
         for entry in self.entries.values():
             if entry.loaded and entry.host is not None:
                 entry.host.apply_hot(self.hot)
@@ -242,14 +251,9 @@ class PoolReplica:
         return await (await self._host()).predict_versioned(request)
 
     async def _submit(self, item: BatchItem) -> dict[str, np.ndarray]:
-        result = await self._run_batch(item)
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return await self._batcher.submit(item)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=count_rows)
     async def _run_batch(self, items: list[BatchItem]) -> list[Any]:
-        # Items of different models share a batch window but never a model call.
         return await run_batch(items, self._executor, f"pool '{self.name}'")
 
     async def generate_stream(
