@@ -27,8 +27,9 @@ $(STAMP): pyproject.toml
 models: $(STAMP)
 	$(BIN)/python -m serve_app.examples --out model_repository
 
+# Ray Serve's fast request path (serve_app/fast_path.py): direct ingress behind HAProxy.
 run: models
-	$(BIN)/serve run serve_config.yaml
+	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 $(BIN)/serve run serve_config.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff format --check .
@@ -45,3 +46,15 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) model_repository .pytest_cache
+
+# The comparison with peers (bench/README.md): `make bench-setup` once (wrk, a venv per peer
+# under bench/.venvs), then `make bench-compare`; e.g. a smoke run:
+#   make bench-compare BENCH_ARGS="--duration 3 --concurrency 1 16"
+BENCH_ARGS ?=
+.PHONY: bench-setup bench-compare
+
+bench-setup: $(STAMP)
+	bash bench/setup_peers.sh
+
+bench-compare: bench-setup models
+	$(BIN)/python -m bench.compare $(BENCH_ARGS)

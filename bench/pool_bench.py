@@ -3,8 +3,9 @@
     python -m bench.pool_bench --out bench/results/pool_cold_start.json
 
 Builds 50 tiny Keras models (``serve_app.pool_examples``) into a temporary pool, starts Ray
-Serve in this process with one pool (2 replicas, ``max_models_per_replica: 8``) and measures
-over loopback, through TF Serving REST predict:
+Serve in this process (with the fast request path, as ``make run``) with one pool
+(2 replicas, ``max_models_per_replica: 8``) and measures over loopback, through TF Serving
+REST predict:
 
 1. cold vs warm: for ``--cold`` models never requested before, one request (the model must
    be loaded: a miss) and then a second one (a hit), one at a time. The extra latency of a
@@ -163,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/pool_cold_start.json"))
     args = parser.parse_args(argv)
 
+    import os
+
+    from serve_app.fast_path import FAST_PATH_ENV
+
+    os.environ.update(FAST_PATH_ENV)  # as `make run`: Ray reads it when it starts
     import ray
     from ray import serve
 

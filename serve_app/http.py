@@ -4,6 +4,7 @@ import json
 import logging
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,9 +25,21 @@ api.add_middleware(GuardMiddleware)
 
 
 class JSONWithNaN(JSONResponse):
-    """JSON that writes NaN and Infinity as TF Serving does, instead of failing."""
+    """JSON that writes NaN and Infinity as TF Serving does, instead of failing.
+
+    orjson writes a response about ten times faster than ``json`` (an embedding is 384
+    floats), but it writes NaN and Infinity as ``null``. So a body with no ``null`` in it
+    had none of them and is sent as is; one with a ``null`` is written again by ``json``,
+    which keeps NaN and Infinity as TF Serving writes them.
+    """
 
     def render(self, content: Any) -> bytes:
+        try:
+            fast = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:  # e.g. an integer past 64 bits: json writes it
+            fast = b"null"
+        if b"null" not in fast:
+            return fast
         return json.dumps(content, allow_nan=True, separators=(",", ":")).encode("utf-8")
 
 

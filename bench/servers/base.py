@@ -1,0 +1,169 @@
+"""What a server in the comparison is: how to start it, what to send it, how to read the answer.
+
+A ``Server`` only describes; ``bench.compare`` starts it (``bench.procs``), waits until a real
+request answers correctly, loads it with ``bench.loadgen`` and stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.models import DIGIT_ROW, INPUT_NAMES, OUTPUT_NAMES, OUTPUT_WIDTH, REPO_ROOT, SENTENCE
+
+# Every batching server gets the same batching: up to 32 requests, waiting at most 5 ms for a
+# batch to fill (the project's default, serve_config.yaml).
+MAX_BATCH_SIZE = 32
+BATCH_WAIT_S = 0.005
+VENVS = REPO_ROOT / "bench" / ".venvs"
+
+Extract = Callable[[Any], list[float]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One way to call a server: a row of the results (``label``) with its exact request."""
+
+    label: str
+    protocol: str
+    path: str
+    body: dict[str, Any]
+    extract: Extract  # the response JSON -> the single instance's output row
+
+    def body_text(self) -> str:
+        """The body as sent: compact JSON."""
+        return json.dumps(self.body, separators=(",", ":"))
+
+
+class Server:
+    """A server under test. Subclasses fill in the class attributes and ``argv``."""
+
+    name = ""
+    port = 0
+    venv: Path | None = None  # its own virtual environment (None: the project's .venv)
+    packages: tuple[str, ...] = ()  # whose versions go into the results
+    configured_as = ""  # one line for the report: processes, threads, batching
+    batching = ""
+    ready_timeout_s = 300.0  # a cold start on 2 busy cores can take minutes
+    stop_grace_s = 30.0
+    # SIGINT to the whole process group, as Ctrl+C in a terminal does, rather than only to the
+    # process started (for servers whose workers must see the signal themselves).
+    stop_group = False
+
+    def python(self) -> Path:
+        """The interpreter that runs this server."""
+        return (self.venv or REPO_ROOT / ".venv") / "bin" / "python"
+
+    def unavailable(self) -> str | None:
+        """Why this server cannot run here, or None."""
+        if not self.python().exists():
+            return f"{self.python()} is missing: run `make bench-setup`"
+        return None
+
+    def argv(self, model: str, workdir: Path) -> list[str]:
+        """The command line (may write config files into ``workdir``)."""
+        raise NotImplementedError
+
+    def env(self, model: str) -> dict[str, str]:
+        """The environment: ours, the model, the repository on PYTHONPATH, offline hubs."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "RAY_"))}
+        env.update(
+            BENCH_MODEL=model,
+            BENCH_PORT=str(self.port),
+            PYTHONPATH=str(REPO_ROOT),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            TF_CPP_MIN_LOG_LEVEL="2",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def endpoints(self, model: str) -> list[Endpoint]:
+        """The requests measured, the first one also used for the readiness check."""
+        raise NotImplementedError
+
+    def settings(self, model: str) -> dict[str, Any]:
+        """The configuration recorded in the results."""
+        return {"configured_as": self.configured_as, "batching": self.batching}
+
+    def url(self, endpoint: Endpoint) -> str:
+        """The endpoint's full loopback URL."""
+        return f"http://127.0.0.1:{self.port}{endpoint.path}"
+
+    def ports(self) -> list[int]:
+        """Every port the server listens on (all must be free before and after)."""
+        return [self.port]
+
+    def versions(self) -> dict[str, str]:
+        """Python and package versions inside this server's environment."""
+        code = (
+            "import importlib.metadata as m, json, platform, sys\n"
+            "out = {'python': platform.python_version(), 'executable': sys.executable}\n"
+            f"for p in {list(self.packages)!r}:\n"
+            "    try: out[p] = m.version(p)\n"
+            "    except m.PackageNotFoundError: out[p] = None\n"
+            "print(json.dumps(out))\n"
+        )
+        try:
+            out = subprocess.run(
+                [str(self.python()), "-c", code], capture_output=True, text=True, timeout=60
+            )
+            return json.loads(out.stdout)
+        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            return {"error": str(exc)}
+
+
+# --- request bodies and answers, by protocol --------------------------------------------------
+
+
+def v2_body(model: str, text_shape: tuple[int, ...] = (1,)) -> dict[str, Any]:
+    """An Open Inference Protocol (V2) JSON request with one instance, data flat."""
+    if model == "digits":
+        tensor = {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": DIGIT_ROW}
+    else:
+        tensor = {
+            "name": INPUT_NAMES[model],
+            "shape": list(text_shape),
+            "datatype": "BYTES",
+            "data": [SENTENCE],
+        }
+    return {"inputs": [tensor]}
+
+
+def v2_extract(model: str) -> Extract:
+    """The named output's first row from a V2 JSON answer."""
+
+    def extract(answer: Any) -> list[float]:
+        for output in answer["outputs"]:
+            if output["name"] == OUTPUT_NAMES[model]:
+                return _flatten(output["data"])[: OUTPUT_WIDTH[model]]
+        raise KeyError(f"no output {OUTPUT_NAMES[model]!r} in {list(answer)}")
+
+    return extract
+
+
+def instance(model: str) -> Any:
+    """The one instance in a row-format body: 64 floats or the sentence."""
+    return DIGIT_ROW if model == "digits" else SENTENCE
+
+
+def key_extract(*keys: str | int) -> Extract:
+    """Follow ``keys`` into the answer; the row found there."""
+
+    def extract(answer: Any) -> list[float]:
+        for key in keys:
+            answer = answer[key]
+        return _flatten(answer)
+
+    return extract
+
+
+def _flatten(value: Any) -> list[float]:
+    if isinstance(value, list):
+        return [x for item in value for x in _flatten(item)]
+    return [float(value)]
