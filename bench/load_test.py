@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import math
 import os
@@ -26,7 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+
+from bench.loadgen import check_loopback
 
 DIGIT = [float((i * 7) % 17) for i in range(64)]  # one 8x8 image, pixel values 0..16
 REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -63,16 +63,6 @@ def is_backpressure(status: int, text: str) -> bool:
     return status in (429, 503) and "overloaded" in text
 
 
-def check_loopback(url: str) -> None:
-    host = urlparse(url).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise SystemExit(f"refusing to load a non-loopback host: {host!r}")
-
-
 async def run(
     url: str,
     models: list[str],
@@ -83,7 +73,10 @@ async def run(
 ) -> dict[str, Any]:
     import aiohttp
 
-    check_loopback(url)
+    try:
+        check_loopback(url)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     results = {name: ModelResult() for name in models}
     sent = 0
     deadline = time.monotonic() + duration_s

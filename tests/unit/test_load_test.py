@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.load_test import check_loopback, is_backpressure, percentile
+from bench.load_test import is_backpressure, percentile
+from bench.loadgen import check_loopback
 
 
 def test_percentile_nearest_rank():
@@ -28,5 +29,5 @@ def test_loopback_only():
     check_loopback("http://localhost:8000")
     check_loopback("http://[::1]:8000")
     for url in ("http://10.0.0.1:8000", "http://example.com", "http://0.0.0.0:8000"):
-        with pytest.raises(SystemExit):
+        with pytest.raises(ValueError, match="non-loopback"):
             check_loopback(url)
