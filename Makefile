@@ -29,7 +29,7 @@ models: $(STAMP)
 
 # Ray Serve's fast request path (serve_app/fast_path.py): direct ingress behind HAProxy.
 run: models
-	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 $(BIN)/serve run serve_config.yaml
+	env $$($(BIN)/python -m serve_app.fast_path) $(BIN)/serve run serve_config.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -59,10 +59,6 @@ class DynamicBatcher(Generic[Item]):
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     async def submit(self, item: Item) -> Any:
         """Queue one item and wait for its result (raised if it is an Exception)."""
         loop = asyncio.get_running_loop()

@@ -9,9 +9,14 @@ machine (``bench/NOTES.md``): digits at c=1 went from 22 ms to 8 ms p50.
 
 They are read when Ray's processes start, so they belong in the environment of ``serve run``
 / ``ray start`` (``make run`` sets them; so do the KubeRay manifests), not in a Serve config.
+``python -m serve_app.fast_path`` prints them as ``NAME=value`` words for ``env``.
 """
 
 FAST_PATH_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
 }
+
+
+if __name__ == "__main__":
+    print(" ".join(f"{name}={value}" for name, value in FAST_PATH_ENV.items()))

@@ -89,9 +89,7 @@ class PoolCatalog:
         self._rebuild()
 
     async def _list(self, pool: PoolView) -> list[str]:
-        return await asyncio.wait_for(
-            _awaitable(pool.handle.list_models.remote()), timeout=LIST_TIMEOUT_S
-        )
+        return await asyncio.wait_for(pool.handle.list_models.remote(), timeout=LIST_TIMEOUT_S)
 
     def _rebuild(self) -> None:
         """Names are unique across the fleet: a dedicated model wins over a pool's, and the
@@ -125,7 +123,3 @@ class PoolCatalog:
             except Exception:  # keep the last view; the next round tries again
                 logger.warning("pool discovery failed", exc_info=True)
             await asyncio.sleep(interval)
-
-
-async def _awaitable(response: object) -> list[str]:
-    return await response  # type: ignore[misc]

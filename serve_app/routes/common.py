@@ -79,7 +79,7 @@ class ModelRouter:
 
     def deployment_of(self, name: str) -> str:
         """The deployment serving a model: its own, or its pool's."""
-        return self.pools.owner.get(name, name) if name not in self.handles else name
+        return name if name in self.handles else self.pools.owner.get(name, name)
 
     async def answer(
         self,
