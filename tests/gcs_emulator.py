@@ -6,14 +6,22 @@ directory. The code under test reaches it only through ``CountingProxy``, a smal
 reverse proxy on another loopback port: ``STORAGE_EMULATOR_HOST`` points at the proxy.
 The proxy records every request the real client makes (method, path, status, body bytes),
 so a test counts downloads at the wire, not in our own logs. It can also misbehave on
-object downloads (``alt=media``) on demand: answer 503, reset the connection halfway,
-flip a byte, or hold requests until released. Stopping it makes GCS unreachable.
+demand, on object downloads (``alt=media``: answer 503, reset the connection halfway, flip
+a byte, or hold requests until released) and on listings (503, reset). Stopping it makes
+GCS unreachable.
+
+It also pages listings as GCS does. fake-gcs-server answers a listing with a delimiter in
+one page, however long; GCS gives at most 1,000 entries a page, objects and prefixes
+together, in name order, with a ``nextPageToken``. The proxy cuts such answers into pages
+of ``page_size`` entries, so code that stops after the first page fails here as on GCS.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.client
+import json
 import os
 import socket
 import struct
@@ -154,14 +162,23 @@ class Seen:
         return "alt=media" in self.query.split("&")
 
     @property
+    def is_listing(self) -> bool:
+        """An object listing (``objects.list``: ``GET /storage/v1/b/<bucket>/o``)."""
+        return self.method == "GET" and self.path.endswith("/o")
+
+    @property
     def object_name(self) -> str:
         """The object's name for object requests ("" for others)."""
         _, sep, name = self.path.partition("/o/")
         return urllib.parse.unquote(name) if sep else ""
 
 
+GCS_PAGE_SIZE = 1000  # GCS's largest listing page (maxResults is capped at it)
+
+
 class CountingProxy:
-    """A loopback HTTP reverse proxy that records requests and injects faults on downloads."""
+    """A loopback HTTP reverse proxy that records requests, injects faults on downloads and
+    listings, and pages delimiter listings as GCS does."""
 
     def __init__(self, upstream: str) -> None:
         parsed = urllib.parse.urlsplit(upstream)
@@ -171,6 +188,8 @@ class CountingProxy:
         self._seen: list[Seen] = []
         self._lock = threading.Lock()
         self._faults: list[str] = []  # consumed in order by object downloads
+        self._listing_faults: list[str] = []  # consumed in order by object listings
+        self.page_size = GCS_PAGE_SIZE  # entries per page of a delimiter listing
         self._released = threading.Event()
         self._released.set()
         self._hold_filter = ""
@@ -227,13 +246,26 @@ class CountingProxy:
         with self._lock:
             self._faults.extend(faults)
 
+    def inject_listing(self, *faults: str) -> None:
+        """Queue faults for the next object listings (every page is one): ``503``, or
+        ``reset`` (half the answer, then RST). Each listing takes the next fault, if any."""
+        with self._lock:
+            self._listing_faults.extend(faults)
+
     def pending_faults(self) -> int:
+        """Download faults not yet taken."""
         with self._lock:
             return len(self._faults)
 
+    def pending_listing_faults(self) -> int:
+        with self._lock:
+            return len(self._listing_faults)
+
     def clear_faults(self) -> None:
+        """Drop every queued fault, of downloads and of listings."""
         with self._lock:
             self._faults.clear()
+            self._listing_faults.clear()
 
     def hold_downloads(self, name_contains: str = "") -> None:
         """Make object downloads (of objects whose name contains ``name_contains``) wait at
@@ -250,9 +282,10 @@ class CountingProxy:
         with self._lock:
             self._seen.append(seen)
 
-    def _next_fault(self) -> str:
+    def _next_fault(self, listing: bool = False) -> str:
         with self._lock:
-            return self._faults.pop(0) if self._faults else ""
+            queue = self._listing_faults if listing else self._faults
+            return queue.pop(0) if queue else ""
 
     def _count_in_flight(self, delta: int) -> None:
         with self._lock:
@@ -283,7 +316,8 @@ def _handler_for(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
         def _forward(self) -> None:
             media = "alt=media" in self.path.partition("?")[2].split("&")
             if not media:
-                self._relay("")
+                listing = self.command == "GET" and self.path.partition("?")[0].endswith("/o")
+                self._relay(proxy._next_fault(listing=True) if listing else "")
                 return
             proxy._count_in_flight(1)
             try:
@@ -307,10 +341,14 @@ def _handler_for(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
                 proxy._record(seen(503, 0))
                 self._answer(503, [("Content-Type", "application/json")], payload)
                 return
+            paged = self.command == "GET" and path.endswith("/o") and _has(query, "delimiter")
+            forwarded = (
+                f"{path}?{_without(query, 'pageToken', 'maxResults')}" if paged else self.path
+            )
             upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
             try:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-                upstream.request(self.command, self.path, body=body, headers=headers)
+                upstream.request(self.command, forwarded, body=body, headers=headers)
                 answer = upstream.getresponse()
                 payload = answer.read()
                 status = answer.status
@@ -321,6 +359,8 @@ def _handler_for(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
                 ]
             finally:
                 upstream.close()
+            if paged and status == 200:
+                payload = _page_of(payload, query, proxy.page_size)
             if fault == "reset" and len(payload) > 1:
                 proxy._record(seen(status, len(payload) // 2))
                 self._reset_halfway(status, answer_headers, payload)
@@ -359,6 +399,41 @@ def _handler_for(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 
     return Handler
+
+
+def _has(query: str, key: str) -> bool:
+    return any(k == key for k, _ in urllib.parse.parse_qsl(query, keep_blank_values=True))
+
+
+def _without(query: str, *keys: str) -> str:
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    return urllib.parse.urlencode([(k, v) for k, v in pairs if k not in keys])
+
+
+def _page_of(payload: bytes, query: str, page_size: int) -> bytes:
+    """One GCS-sized page of a complete delimiter listing: the entries (objects and prefixes
+    in name order) after the page token's name, at most ``maxResults`` or ``page_size``."""
+    listing = json.loads(payload)
+    params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    limit = min(int(params.get("maxResults") or page_size), page_size)
+    after = base64.urlsafe_b64decode(params["pageToken"]).decode() if "pageToken" in params else ""
+    entries = sorted(
+        [(item["name"], item) for item in listing.get("items", [])]
+        + [(prefix, None) for prefix in listing.get("prefixes", [])],
+        key=lambda entry: entry[0],
+    )
+    entries = [entry for entry in entries if entry[0] > after]
+    page, rest = entries[:limit], entries[limit:]
+    answer = {key: value for key, value in listing.items() if key not in ("items", "prefixes")}
+    items = [item for _, item in page if item is not None]
+    prefixes = [name for name, item in page if item is None]
+    if items:
+        answer["items"] = items
+    if prefixes:
+        answer["prefixes"] = prefixes
+    if rest:
+        answer["nextPageToken"] = base64.urlsafe_b64encode(page[-1][0].encode()).decode()
+    return json.dumps(answer).encode()
 
 
 @contextmanager

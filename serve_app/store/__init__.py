@@ -38,11 +38,15 @@ def open_store(uri: str, settings: StoreSpec | None = None) -> ModelStore:
     )
 
 
-def store_notice(store: ModelStore) -> str:
+def store_notice(store: ModelStore, version: int | None = None) -> str:
     """A note for the model's status about where its artifact came from ("" if nothing unusual).
 
     A ``gs://`` model served from the cache because GCS could not be reached says so here.
+    Without ``version``: the note of the last fetch. With it: the note for that version as
+    the store stands now, "" again once a listing reaches GCS (refresh statuses with it).
     """
+    if version is not None:
+        return store.notice_for(version)
     return getattr(store, "notice", "") or ""
 
 

@@ -37,7 +37,16 @@ class ModelStore(abc.ABC):
         """The names of the directories directly under the URI; used for model pools."""
 
     def release(self, version: int) -> None:  # noqa: B027 - optional hook, no-op by default
-        """The replica no longer serves ``version`` (a cache may now evict it)."""
+        """The replica no longer serves ``version`` (a cache may now evict it).
+
+        Call it after unloading a version, and also when a version that ``fetch`` returned
+        fails to load: a failed ``fetch`` releases on its own, a failed load cannot.
+        """
+
+    def notice_for(self, version: int) -> str:
+        """A note for ``version``'s status as the store stands now ("" if nothing unusual),
+        e.g. that it is served from the cache because the repository is unreachable."""
+        return ""
 
 
 def select_versions(available: list[int], policy: VersionPolicy) -> list[int]:

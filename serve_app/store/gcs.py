@@ -4,8 +4,9 @@
 downloaded once per machine: listed, fetched with parallel (and, for large objects,
 sliced) transfers into a staging directory, checked against the objects' crc32c/md5,
 and renamed into the cache. Replicas that start later, or restart, reuse it without
-downloading a byte. If GCS cannot be reached at start but versions are cached, the newest
-cached one is served, and the model's status says so.
+downloading a byte. While GCS cannot be listed, the cached versions are offered instead
+(and the model's status says so); the next listing that works ends that, so versions
+that are not cached can be downloaded again.
 
 Credentials are Application Default Credentials (on GKE: Workload Identity). With
 ``STORAGE_EMULATOR_HOST`` set, the client talks to that emulator, anonymously.
@@ -71,6 +72,7 @@ class GCSStore(ModelStore):
     # --- ModelStore --------------------------------------------------------------------
 
     def list_versions(self) -> list[int]:
+        """The versions in GCS; while GCS cannot be reached, the cached ones (see ``notice``)."""
         try:
             self._version_dirs = self._remote_version_dirs()
         except ModelLoadError:
@@ -79,30 +81,51 @@ class GCSStore(ModelStore):
             if not _unreachable(exc):
                 raise ModelLoadError(f"cannot list {self.location.uri}: {describe(exc)}") from None
             return self._cached_instead(exc)
+        if self._offline_reason:  # reachable again: uncached versions can be downloaded
+            logger.info("%s is reachable again", self.location.uri)
+        self._offline_reason = None
+        self.notice = ""
         return sorted(self._version_dirs)
 
+    def notice_for(self, version: int) -> str:
+        if not self._offline_reason:
+            return ""
+        return (
+            f"serving version {version} from cache: {self.location.uri} is unreachable"
+            f" ({self._offline_reason})"
+        )
+
     def fetch(self, version: int) -> Path:
-        uri = self.location.uri
-        if version not in self._leases:  # before looking: an evictor cannot remove it now
+        """The local directory of ``version``, from the cache or downloaded into it.
+
+        Takes a lease on the version (so no other process evicts it) that ``release`` drops;
+        if the fetch fails, the lease it took is dropped here.
+        """
+        leased = version in self._leases
+        if not leased:  # before looking: an evictor cannot remove it now
             self._leases[version] = self.repo.lease(version)
+        try:
+            return self._fetch(version)
+        except BaseException:
+            if not leased:
+                self.release(version)
+            raise
+
+    def _fetch(self, version: int) -> Path:
+        uri = self.location.uri
         entry = self.repo.lookup(version)
         if entry is not None:
-            if self._offline_reason:
-                self.notice = (
-                    f"serving version {version} from cache: {uri} is unreachable"
-                    f" ({self._offline_reason})"
-                )
+            self.notice = self.notice_for(version)
             logger.info("%s version %d: using the cached copy at %s", uri, version, entry.path)
             self.last_fetch_cached = True
             return entry.model_dir
-        if self._offline_reason:
+        if self._version_dirs is None and not self._offline_reason:
+            self.list_versions()
+        if self._offline_reason or self._version_dirs is None:
             raise ModelLoadError(
                 f"version {version} of {uri} is not in the cache at {self.cache.root} and {uri}"
                 f" is unreachable ({self._offline_reason})"
             )
-        if self._version_dirs is None:
-            self.list_versions()
-        assert self._version_dirs is not None
         if version not in self._version_dirs:
             raise ModelLoadError(f"version {version} not found in {uri}")
         label = f"{uri} version {version}"
@@ -134,18 +157,21 @@ class GCSStore(ModelStore):
         loc = self.location
         base = loc.dir_prefix()
         try:
-            pages = self._gcs().list_blobs(
+            listing = self._gcs().list_blobs(
                 loc.bucket,
                 prefix=base,
                 delimiter="/",
                 retry=listing_retry(self.settings.retry_timeout_s, self._log_retry),
                 timeout=REQUEST_TIMEOUT,
             )
-            has_files = any(True for _ in pages)  # consumes every page, filling .prefixes
-            subdirs = [p[len(base) :].rstrip("/") for p in pages.prefixes]
+            # Every page, to its end: .prefixes grows page by page, and a page holds at most
+            # 1,000 entries, objects and prefixes together. Stopping at the first object
+            # (a console "folder" placeholder is one) would lose the later pages' directories.
+            files = sum(page.num_items for page in listing.pages)
+            subdirs = [p[len(base) :].rstrip("/") for p in listing.prefixes]
         except Exception as exc:
             raise _answer_error(exc, loc.uri, loc.bucket) from None
-        return has_files, subdirs
+        return files > 0, subdirs
 
     def _remote_version_dirs(self) -> dict[int, str]:
         """Version -> its directory name (``00000123`` stays as written); {1: ""} if unversioned."""

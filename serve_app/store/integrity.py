@@ -44,20 +44,21 @@ def file_checksums(path: Path, crc32c: bool = True, md5: bool = False) -> dict[s
     return result
 
 
-def mismatch(path: Path, expected: Expected) -> str | None:
-    """None if the file matches; otherwise a sentence saying what differs.
+def mismatch(path: Path, expected: Expected, against: str = "GCS") -> str | None:
+    """None if the file matches; otherwise a sentence saying what differs (``against`` names
+    where the expected values come from).
 
     crc32c is preferred (GCS always has it); md5 is the fallback. A file with neither
     checksum available is checked by size only.
     """
     size = path.stat().st_size
     if size != expected.size:
-        return f"size is {size} bytes, GCS says {expected.size}"
+        return f"size is {size} bytes, {against} says {expected.size}"
     if expected.crc32c is None and expected.md5 is None:
         return None
     use_crc = expected.crc32c is not None
     actual = file_checksums(path, crc32c=use_crc, md5=not use_crc)
     kind, want = ("crc32c", expected.crc32c) if use_crc else ("md5", expected.md5)
     if actual[kind] != want:
-        return f"{kind} of the downloaded bytes is {actual[kind]}, GCS says {want}"
+        return f"{kind} of the downloaded bytes is {actual[kind]}, {against} says {want}"
     return None

@@ -12,14 +12,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from serve_app.config import StoreSpec
 from serve_app.errors import ModelLoadError
-from serve_app.store import open_store, store_notice
+from serve_app.store import list_pool_models, open_store, store_notice
 from serve_app.store.gcs import GCSStore
+from serve_app.store.locks import FileLock
 from serve_app.store.transfer import MAX_CHECKSUM_ATTEMPTS
 from tests.gcs_emulator import CountingProxy, Emulator, gcs_emulator
 from tests.helpers import wait_for
@@ -326,3 +328,111 @@ def test_object_names_that_would_escape_the_cache_are_refused(tmp_path: Path) ->
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         assert proxy.media() == []  # refused at listing, before any byte was fetched
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_the_store_recovers_on_the_next_listing_that_works(
+    gcs: tuple[Emulator, CountingProxy], proxy: CountingProxy, tmp_path: Path
+) -> None:
+    emulator = gcs[0]
+    first, second = os.urandom(3_000), os.urandom(4_000)
+    emulator.upload_bytes(BUCKET, "recovering/1/model.bin", first)
+    models = store("gs://models/recovering", tmp_path, retry_timeout_s=1)
+    assert models.list_versions() == [1]
+    models.fetch(1)
+
+    proxy.inject_listing("reset", *["503"] * 1000)  # GCS cannot be listed for a while
+    assert models.list_versions() == [1]  # the cached versions, instead
+    assert models.fetch(1) is not None
+    assert store_notice(models).startswith("serving version 1 from cache")
+    listed = [s.status for s in proxy.seen() if s.is_listing]
+    assert listed[-1] == 503 and proxy.pending_listing_faults() > 0
+
+    proxy.clear_faults()  # GCS is back, and a new version was published meanwhile
+    emulator.upload_bytes(BUCKET, "recovering/2/model.bin", second)
+    assert models.list_versions() == [1, 2]
+    assert files_under(models.fetch(2)) == {"model.bin": second}
+    assert store_notice(models) == ""
+
+
+def test_a_version_notice_follows_the_store_as_it_stands_now(
+    proxy: CountingProxy, tmp_path: Path
+) -> None:
+    # What a host re-reads after each listing, so a status stops saying "served from cache"
+    # once GCS answers again.
+    models = store("gs://models/digits", tmp_path, retry_timeout_s=1)
+    models.fetch(1)
+    proxy.inject_listing(*["503"] * 1000)
+    models.list_versions()
+    notice = store_notice(models, 1)
+    assert notice.startswith("serving version 1 from cache: gs://models/digits is unreachable")
+    assert "HTTP 503" in notice
+    proxy.clear_faults()
+    models.list_versions()
+    assert store_notice(models, 1) == ""
+
+
+def test_pool_discovery_reads_every_page_of_the_listing(tmp_path: Path) -> None:
+    # A console "folder" placeholder sits directly under the pool's prefix, and there are more
+    # models than fit in one page of a GCS listing (1,000 entries). The memory backend keeps
+    # the placeholder object (the filesystem backend cannot store a name ending in "/").
+    names = [f"tenant-{i:04d}" for i in range(1001)]
+    with gcs_emulator(tmp_path / "mem", backend="memory") as (emulator, proxy):
+        emulator.create_bucket(BUCKET)
+        emulator.upload_bytes(BUCKET, "pool/", b"")
+        bucket = emulator.client().bucket(BUCKET)
+        with ThreadPoolExecutor(8) as pool:
+            list(
+                pool.map(
+                    lambda name: bucket.blob(f"pool/{name}/1/model.bin").upload_from_string(b"x"),
+                    names,
+                )
+            )
+        os.environ["STORAGE_EMULATOR_HOST"] = proxy.url
+        try:
+            found = list_pool_models("gs://models/pool", StoreSpec(cache_dir=str(tmp_path / "c")))
+        finally:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        pages = [s for s in proxy.seen() if s.is_listing]
+    assert found == names
+    assert len(pages) == 2 and "pageToken=" in pages[1].query  # it took the second page
+
+
+def test_a_cached_version_a_power_loss_zeroed_is_downloaded_again(
+    proxy: CountingProxy, tmp_path: Path
+) -> None:
+    path = store("gs://models/digits", tmp_path).fetch(2)
+    # What a power loss leaves of a version committed without fsync (as older code did):
+    # no "committed" marker, and a file of the right size holding zeros.
+    (path.parent / "committed").unlink(missing_ok=True)
+    (path / "model.bin").write_bytes(bytes(len(FILES["digits/2/model.bin"])))
+    proxy.reset_counts()
+
+    again = store("gs://models/digits", tmp_path).fetch(2)  # a replica starting after the boot
+    assert files_under(again)["model.bin"] == FILES["digits/2/model.bin"]
+    assert sorted(s.object_name for s in proxy.media()) == [
+        "digits/2/assets/vocab.txt",
+        "digits/2/model.bin",
+    ]
+    assert (again.parent / "committed").is_file()
+
+
+def lease_is_free(models: GCSStore, version: int) -> bool:
+    """Whether an evictor could take ``version``'s lease now (nobody holds it)."""
+    lock = FileLock(models.repo.path / f"{version}.lease")
+    taken = lock.acquire(blocking=False)
+    lock.release()
+    return taken
+
+
+def test_a_failed_fetch_releases_the_lease_it_took(proxy: CountingProxy, tmp_path: Path) -> None:
+    proxy.inject(*["503"] * 1000)
+    models = store("gs://models/digits", tmp_path, retry_timeout_s=1, download_workers=1)
+    with pytest.raises(ModelLoadError, match="HTTP 503"):
+        models.fetch(2)
+    assert lease_is_free(models, 2)
+
+    proxy.clear_faults()
+    models.fetch(2)
+    assert not lease_is_free(models, 2)  # held while the version serves
+    models.release(2)  # what the host calls when the version unloads, or fails to load
+    assert lease_is_free(models, 2)

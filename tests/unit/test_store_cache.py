@@ -248,3 +248,154 @@ def test_integrity_check_against_gcs_checksums(tmp_path: Path) -> None:
     assert mismatch(path, Expected(len(data), _b64_crc32c(data))) == (
         f"size is {len(data) - 1} bytes, GCS says {len(data)}"
     )
+
+
+# --- crashes and power loss --------------------------------------------------------------
+
+
+def install_checked(repo: RepositoryCache, version: int, files: dict[str, bytes]) -> Path:
+    """Like ``install``, with the crc32c that GCS would report for each file."""
+    with repo.staging(version) as staging:
+        records = []
+        for name, data in files.items():
+            target = staging / "model" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            records.append({"path": name, "size": len(data), "crc32c": _b64_crc32c(data)})
+        return repo.commit(staging, f"gs://b/{repo.path.name}", version, records)
+
+
+def test_commit_flushes_every_byte_before_the_rename_and_the_rename_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A power loss can only be simulated by watching what reaches the disk: which paths are
+    # fsynced, in what order relative to the rename that makes the version visible.
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(source: object, target: object) -> None:
+        events.append(("rename", str(target)))
+        real_rename(source, target)
+
+    repo = ModelCache(tmp_path).repository(("b", "m-0123"))
+    with repo.staging(1) as staging:
+        (staging / "model" / "sub").mkdir()
+        (staging / "model" / "sub" / "w.bin").write_bytes(b"weights")
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "rename", rename)
+        target = repo.commit(staging, "gs://b/m", 1, [{"path": "sub/w.bin", "size": 7}])
+        staged = str(staging)
+    monkeypatch.undo()
+
+    renamed = events.index(("rename", str(target)))
+    before = {path for kind, path in events[:renamed] if kind == "fsync"}
+    after = {path for kind, path in events[renamed:] if kind == "fsync"}
+    # Every file and directory of the version, the manifest included, under its staged name.
+    for relative in ("model/sub/w.bin", "model/sub", "model", "manifest.json", "committed", ""):
+        assert str(Path(staged, relative)) in before, (relative, events)
+    # Then the rename itself, and the directories a fresh cache made to receive it.
+    for directory in (repo.path, repo.path.parent, tmp_path / "gcs", tmp_path):
+        assert str(directory) in after, (directory, events)
+    assert (target / "committed").is_file()
+
+
+def test_a_version_not_known_to_be_committed_has_its_checksums_checked(tmp_path: Path) -> None:
+    repo = ModelCache(tmp_path).repository(("b", "m-0123"))
+    weights = os.urandom(4096)
+    # Two versions as unfsynced commits leave them after a power loss: no marker, and one
+    # of them with a file of the right size that holds zeros.
+    good = install_checked(repo, 1, {"w.bin": weights, "config.json": b"{}"})
+    zeroed = install_checked(repo, 2, {"w.bin": weights, "config.json": b"{}"})
+    for path in (good, zeroed):
+        (path / "committed").unlink(missing_ok=True)
+    (zeroed / "model" / "w.bin").write_bytes(bytes(len(weights)))
+
+    assert repo.lookup(2) is None  # same sizes, wrong bytes: never served
+    entry = repo.lookup(1)
+    assert entry is not None and (entry.model_dir / "w.bin").read_bytes() == weights
+    assert (good / "committed").is_file()  # checked once, then known to be committed
+    assert not (zeroed / "committed").exists()
+
+
+def test_a_committed_version_is_trusted_on_sizes(tmp_path: Path) -> None:
+    # The checksum pass is for versions an unclean shutdown may have left, not every reuse.
+    repo = ModelCache(tmp_path).repository(("b", "m-0123"))
+    path = install_checked(repo, 1, {"w.bin": b"abc"})
+    (path / "model" / "w.bin").write_bytes(b"xyz")
+    assert repo.lookup(1) is not None
+    (path / "committed").unlink(missing_ok=True)
+    assert repo.lookup(1) is None
+
+
+def test_a_version_with_an_unreadable_manifest_is_not_offered_as_cached(tmp_path: Path) -> None:
+    repo = ModelCache(tmp_path).repository(("b", "m-0123"))
+    install(repo, 1, {"w.bin": b"abc"})
+    path = install(repo, 2, {"w.bin": b"abc"})
+    (path / "manifest.json").write_bytes(bytes(200))  # zeros where the manifest was
+    assert repo.cached_versions() == [1]
+    assert repo.lookup(2) is None
+
+
+DIE_MIDWAY = """
+import sys
+from pathlib import Path
+from serve_app.store.cache import ModelCache
+cache = ModelCache(Path(sys.argv[1]))
+repo = cache.repository(("b", "m-0123"))
+version = int(sys.argv[2])
+with repo.download_lock(version, "test"), repo.staging(version) as staging:
+    (staging / "model" / "w.bin").write_bytes(b"half a download")
+    trash = cache.new_tmp_dir("trash.")  # an evicted version, renamed, not yet deleted
+    (trash / "model").mkdir(parents=True)
+    (trash / "model" / "w.bin").write_bytes(b"old version")
+    print(staging, trash, flush=True)
+    sys.stdin.read()  # downloading until the test kills us
+"""
+
+
+@contextmanager
+def process_midway(root: Path, version: int) -> Iterator[tuple[subprocess.Popen, Path, Path]]:
+    """A separate process downloading ``version`` (staging written, lock held), which has also
+    renamed an evicted version into the trash."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", DIE_MIDWAY, str(root), str(version)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        staging, trash = child.stdout.readline().split()
+        yield child, Path(staging), Path(trash)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_opening_the_cache_removes_what_killed_processes_left(tmp_path: Path) -> None:
+    # The live one starts first: opening the cache, the other would clean up after it.
+    with (
+        process_midway(tmp_path, 4) as (_, live_staging, _),
+        process_midway(tmp_path, 3) as (dead, dead_staging, dead_trash),
+    ):
+        dead.kill()  # kill -9: no cleanup of its own runs
+        dead.wait()
+        assert dead_staging.is_dir() and dead_trash.is_dir()
+        ModelCache(tmp_path)  # what a replica does when it starts
+        assert not dead_staging.exists() and not dead_trash.exists()
+        # A download still running in another process keeps its staging directory.
+        assert (live_staging / "model" / "w.bin").read_bytes() == b"half a download"
+
+
+def test_a_staging_directory_of_a_bucket_named_trash_is_not_taken_for_trash(
+    tmp_path: Path,
+) -> None:
+    repo = ModelCache(tmp_path).repository(("trash", "m-0123"))
+    with repo.download_lock(1, "test"), repo.staging(1) as staging:
+        ModelCache(tmp_path, max_bytes=0).make_room()  # an evictor empties the trash first
+        assert staging.is_dir()
