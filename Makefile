@@ -17,11 +17,14 @@ install: $(STAMP)
 
 # torch is pinned first: 2.13.0 is the CPU build already on disk; an unpinned torch would pull
 # gigabytes of CUDA packages.
+# tensorflow-serving-api (TF Serving's protos) goes in with --no-deps: it requires the full
+# `tensorflow` distribution, which would be installed over tensorflow-cpu (see pyproject.toml).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --quiet --no-deps tensorflow-serving-api==2.21.0
 	touch $(STAMP)
 
 models: $(STAMP)

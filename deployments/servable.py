@@ -15,7 +15,7 @@ import numpy as np
 
 from deployments.signature import Signature, prepare_inputs
 from serve_app.config import ModelSpec
-from serve_app.errors import InvalidInput, NotFound
+from serve_app.errors import InvalidInput
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -94,11 +94,15 @@ class Servable:
     # --- shared -----------------------------------------------------------------------
 
     def signature(self, name: str) -> Signature:
-        """The signature called ``name`` (default: ``serving_default``), or 404."""
+        """The signature called ``name`` (default: ``serving_default``), or 400.
+
+        An unknown signature is the request's fault: TF Serving answers INVALID_ARGUMENT
+        (400 on REST), not NOT_FOUND, which it keeps for models and versions.
+        """
         signatures = self.signatures()
         chosen = name or DEFAULT_SIGNATURE
         if chosen not in signatures:
-            raise NotFound(
+            raise InvalidInput(
                 f"model '{self.name}' has no signature '{chosen}'"
                 f" (available: {', '.join(signatures)})"
             )

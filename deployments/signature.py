@@ -45,6 +45,9 @@ class Signature:
     outputs: dict[str, TensorSpec]
     method_name: str = "tensorflow/serving/predict"
     required: tuple[str, ...] = field(default=())
+    # False: the function takes no batch of rows (scalars, a fixed dimension 0, no inputs, or
+    # state it changes per call): each request is one call, with its tensors as sent.
+    batched: bool = True
 
     def __post_init__(self) -> None:
         if not self.required:
@@ -65,13 +68,28 @@ class Signature:
         }
 
 
+# The one-row marker of a request to an unbatched signature (it may have no inputs at all).
+UNBATCHED_ROW = INTERNAL_PREFIX + "row"
+
+
 @dataclass(frozen=True)
 class PreparedInputs:
-    """Model-ready inputs, their row count, and whether a trailing unit dim was added."""
+    """Model-ready inputs, their row count, and whether a trailing unit dim was added.
+
+    For an unbatched signature every tensor gets a leading axis of one row, so the request
+    travels through batching like any other; ``restore`` takes that axis off again.
+    """
 
     tensors: dict[str, np.ndarray]
     rows: int
     expanded: bool
+    unbatched: bool = False
+
+    def restore(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The request's outputs in the shape it was sent: undo the row axis or unit dim."""
+        if self.unbatched:
+            return {name: array[0] for name, array in outputs.items()}
+        return squeeze_outputs(outputs) if self.expanded else outputs
 
 
 def prepare_inputs(
@@ -86,6 +104,10 @@ def prepare_inputs(
     if exact_dtypes:
         for name, array in named.items():
             _require_dtype(signature.inputs[name], array)
+    if not signature.batched:
+        return _one_row(signature, named)
+    if not named:
+        raise InvalidInput(f"the request names no input of signature '{signature.name}'")
     prepared = {name: _conform(signature.inputs[name], array) for name, array in named.items()}
     expanded = any(prepared[n].ndim != array.ndim for n, array in named.items())
     rows = {name: array.shape[0] for name, array in prepared.items()}
@@ -119,8 +141,31 @@ def squeeze_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {n: a[..., 0] if a.ndim > 1 and a.shape[-1] == 1 else a for n, a in outputs.items()}
 
 
+def _one_row(signature: Signature, named: dict[str, np.ndarray]) -> PreparedInputs:
+    """An unbatched signature's request: its tensors checked as sent, then one row of each."""
+    tensors = {UNBATCHED_ROW: np.zeros((1,), dtype=np.bool_)}
+    for name, array in named.items():
+        spec = signature.inputs[name]
+        array = _cast(spec, array)
+        want = spec.shape
+        if want is not None and (
+            array.ndim != len(want) or any(w not in (-1, g) for w, g in zip(want, array.shape))
+        ):
+            raise InvalidInput(
+                f"input '{name}' of signature '{signature.name}' expects shape {list(want)}"
+                f" (-1 = any; this signature takes no batch of rows), got {list(array.shape)}"
+            )
+        tensors[name] = array[np.newaxis]
+    for name, spec in signature.inputs.items():
+        if name not in tensors and spec.default is not None:
+            tensors[name] = np.asarray(spec.default, dtype=spec.dtype)[np.newaxis]
+    return PreparedInputs(tensors, 1, False, unbatched=True)
+
+
 def _assign_names(signature: Signature, raw: dict[str | None, np.ndarray]) -> dict[str, np.ndarray]:
     expected = ", ".join(signature.inputs)
+    if not raw and not signature.required:
+        return {}  # a signature without inputs (TF Serving's counter: get_counter)
     if None in raw:
         if len(signature.required) != 1:
             raise InvalidInput(

@@ -1,6 +1,10 @@
 """TensorFlow models: SavedModel directories (every signature) and Keras ``model.keras`` files.
 
-TensorFlow is imported inside ``load`` so that the ingress and the app builder never pay for it.
+SavedModels load the way TF Serving loads them: a TF1 export (no object graph) runs in a
+graph and a session (``deployments/tf_session.py``), a TF2 export through TF2's loader.
+A SavedModel's ``assets.extra/tf_serving_warmup_requests`` is replayed before the version
+serves (``deployments/tf_warmup.py``). TensorFlow is imported inside ``load`` so that the
+ingress and the app builder never pay for it.
 """
 
 from __future__ import annotations
@@ -13,12 +17,19 @@ from ray import serve
 
 from deployments.base import ModelDeployment
 from deployments.servable import DEFAULT_SIGNATURE, Servable
-from deployments.signature import Signature, TensorSpec
+from deployments.signature import UNBATCHED_ROW, Signature, TensorSpec
 from serve_app.errors import InvalidInput, ModelLoadError
 
 KERAS_FILE = "model.keras"
 SAVED_MODEL_FILE = "saved_model.pb"
 PREDICT_METHOD = "tensorflow/serving/predict"
+# TF Serving's names for classify/regress signatures' tensors (signature_constants.h).
+EXAMPLES_INPUT, CLASSES_OUTPUT, SCORES_OUTPUT, REGRESS_OUTPUT = (
+    "inputs",
+    "classes",
+    "scores",
+    "outputs",
+)
 
 
 class TensorFlowModel(Servable):
@@ -32,14 +43,20 @@ class TensorFlowModel(Servable):
         import tensorflow as tf
 
         self._tf = tf
+        self._path = path
+        self._keras_model: Any = None
+        self._session: Any = None
+        self._functions: dict[str, Any] = {}
+        self._signature_json: dict[str, Any] | None = None
         if (path / KERAS_FILE).is_file():
             self._load_keras(path / KERAS_FILE)
         elif (path / SAVED_MODEL_FILE).is_file():
             self._load_saved_model(path)
         else:
+            found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
             raise ModelLoadError(
                 f"model '{self.name}': no {SAVED_MODEL_FILE} or {KERAS_FILE} in version"
-                f" directory '{path.name}' of {self.spec.uri}"
+                f" directory '{path.name}' of {self.spec.uri} (it holds: {found})"
             )
 
     def _load_keras(self, file: Path) -> None:
@@ -58,19 +75,26 @@ class TensorFlowModel(Servable):
         self._keras_model = model
         self.platform = "tensorflow_keras"
         self._signatures = {DEFAULT_SIGNATURE: Signature(DEFAULT_SIGNATURE, inputs, outputs)}
-        self._signature_json = None
-        self._functions: dict[str, Any] = {}
 
     def _load_saved_model(self, path: Path) -> None:
-        tf = self._tf
-        loaded = tf.saved_model.load(str(path))
-        self._saved_model = loaded  # keeps the signature functions' variables alive
+        meta_graph = _serving_meta_graph(self.name, path / SAVED_MODEL_FILE)
+        # Metadata answers with the SavedModel's own SignatureDefs, exactly as TF Serving does.
+        self._signature_json = _signature_defs_json(meta_graph)
         self.platform = "tensorflow_savedmodel"
+        methods = {n: d.get("method_name", PREDICT_METHOD) for n, d in self._signature_json.items()}
+        if len(meta_graph.object_graph_def.nodes) > 0:
+            self._signatures = self._load_tf2(path, methods)
+        else:
+            self._signatures = self._load_tf1(path, methods)
+        if not self._signatures:
+            raise ModelLoadError(f"model '{self.name}': the SavedModel has no servable signatures")
+
+    def _load_tf2(self, path: Path, methods: dict[str, str]) -> dict[str, Signature]:
+        """A TF2 export: its signatures as the concrete functions TF2's loader makes."""
+        loaded = self._tf.saved_model.load(str(path))
+        self._saved_model = loaded  # keeps the signature functions' variables alive
         self._functions = dict(loaded.signatures)
-        if not self._functions:
-            raise ModelLoadError(f"model '{self.name}': the SavedModel has no signatures")
-        self._signature_json = _signature_defs_from_proto(path / SAVED_MODEL_FILE)
-        self._signatures = {}
+        signatures = {}
         for name, fn in self._functions.items():
             inputs = {
                 key: TensorSpec(key, _np_dtype(spec.dtype), _dims(spec.shape))
@@ -80,9 +104,22 @@ class TensorFlowModel(Servable):
                 key: TensorSpec(key, _np_dtype(t.dtype), _dims(t.shape))
                 for key, t in fn.structured_outputs.items()
             }
-            method = self._signature_json.get(name, {}).get("method_name", PREDICT_METHOD)
-            self._signatures[name] = Signature(name, inputs, outputs, method_name=method)
-        self._keras_model = None
+            signatures[name] = _signature(name, inputs, outputs, methods)
+        return signatures
+
+    def _load_tf1(self, path: Path, methods: dict[str, str]) -> dict[str, Signature]:
+        """A TF1 export: its graph in a session, every dense signature callable."""
+        from deployments.tf_session import SessionBundle
+
+        self._session = SessionBundle(self._tf, path)
+        signatures = {}
+        for name, graph_signature in self._session.signatures.items():
+            inputs = {k: TensorSpec(k, t.dtype, t.shape) for k, t in graph_signature.inputs.items()}
+            outputs = {
+                k: TensorSpec(k, t.dtype, t.shape) for k, t in graph_signature.outputs.items()
+            }
+            signatures[name] = _signature(name, inputs, outputs, methods)
+        return signatures
 
     def signatures(self) -> dict[str, Signature]:
         return self._signatures
@@ -94,25 +131,42 @@ class TensorFlowModel(Servable):
     def example_inputs(
         self, signature: Signature, method: str, examples: list[dict[str, Any]]
     ) -> dict[str | None, np.ndarray]:
-        """Serialized ``tf.Example``s for a classify/regress signature's single string input."""
-        expected = f"tensorflow/serving/{method}"
-        if signature.method_name != expected:
-            raise InvalidInput(
-                f"signature '{signature.name}' of model '{self.name}' is a"
-                f" {signature.method_name} signature, {method} needs {expected}"
-            )
+        """Serialized ``tf.Example``s (JSON features) for a classify/regress signature."""
+        check_example_signature(self.name, signature, method)
         serialized = [_to_example(self._tf, features).SerializeToString() for features in examples]
-        return {None: np.array(serialized, dtype=object)}
+        return serialized_examples(serialized)
 
     def infer(
         self, signature: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
     ) -> dict[str, np.ndarray]:
         if self._keras_model is not None:
             return self._infer_keras(inputs)
+        if not self._signatures[signature].batched:
+            return self._infer_rows(signature, inputs)
+        return self._call(signature, inputs)
+
+    def _infer_rows(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """An unbatched signature: one call per row (request), in order; rows stacked back."""
+        rows = inputs[UNBATCHED_ROW].shape[0]
+        answers = [
+            self._call(signature, {n: a[row] for n, a in inputs.items() if n != UNBATCHED_ROW})
+            for row in range(rows)
+        ]
+        return {name: np.stack([answer[name] for answer in answers]) for name in answers[0]}
+
+    def _call(self, signature: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One model call; TensorFlow's errors become TF Serving's status codes."""
+        from deployments.tf_errors import serving_error
+
         tf = self._tf
-        feeds = {name: tf.convert_to_tensor(value) for name, value in inputs.items()}
-        outputs = self._functions[signature](**feeds)
-        return {name: tensor.numpy() for name, tensor in outputs.items()}
+        try:
+            if self._session is not None:
+                return self._session.run(signature, feeds)
+            tensors = {name: tf.convert_to_tensor(value) for name, value in feeds.items()}
+            outputs = self._functions[signature](**tensors)
+            return {name: tensor.numpy() for name, tensor in outputs.items()}
+        except tf.errors.OpError as exc:
+            raise serving_error(self.name, signature, exc) from None
 
     def _infer_keras(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self._signatures[DEFAULT_SIGNATURE]
@@ -123,6 +177,21 @@ class TensorFlowModel(Servable):
             return {name: np.asarray(value) for name, value in result.items()}
         return {name: np.asarray(value) for name, value in zip(spec.outputs, arrays)}
 
+    def warm_up(self) -> None:
+        """Replay the SavedModel's TF Serving warm-up requests, if it ships any (as TF Serving
+        does, before the version is AVAILABLE); otherwise the made-up load check."""
+        from deployments.tf_warmup import replay_warmup, warmup_file
+
+        if warmup_file(self._path).is_file():
+            replay_warmup(self, self._path)
+        else:
+            super().warm_up()
+
+    def release(self) -> None:
+        if getattr(self, "_session", None) is not None:
+            self._session.close()
+        super().release()
+
 
 class TensorFlowReplica(ModelDeployment):
     """The Serve deployment of a TensorFlow model."""
@@ -131,6 +200,38 @@ class TensorFlowReplica(ModelDeployment):
 
 
 TensorFlowDeployment = serve.deployment(TensorFlowReplica)
+
+
+def check_example_signature(model: str, signature: Signature, method: str) -> None:
+    """TF Serving's checks of a signature used to classify or regress (its method name is not
+    checked, as TF Serving's default ``--enable_signature_method_name_check=false``)."""
+    where = f"signature '{signature.name}' of model '{model}' cannot {method}"
+    if list(signature.inputs) != [EXAMPLES_INPUT]:
+        raise InvalidInput(
+            f"{where}: {method} needs exactly one input named '{EXAMPLES_INPUT}' (serialized"
+            f" tf.Examples), the signature has [{', '.join(signature.inputs)}]"
+        )
+    outputs = list(signature.public_outputs())
+    if method == "classify":
+        if not {CLASSES_OUTPUT, SCORES_OUTPUT} & set(outputs) or len(outputs) > 2:
+            raise InvalidInput(
+                f"{where}: classify needs one or two outputs, '{CLASSES_OUTPUT}' and/or"
+                f" '{SCORES_OUTPUT}', the signature has [{', '.join(outputs)}]"
+            )
+    elif outputs != [REGRESS_OUTPUT]:
+        raise InvalidInput(
+            f"{where}: regress needs exactly one output named '{REGRESS_OUTPUT}',"
+            f" the signature has [{', '.join(outputs)}]"
+        )
+
+
+def serialized_examples(serialized: list[bytes]) -> dict[str | None, np.ndarray]:
+    """The one input of a classify/regress call: a vector of serialized ``tf.Example``s."""
+    if not serialized:
+        raise InvalidInput("Input is empty: classify and regress need at least one example")
+    array = np.empty((len(serialized),), dtype=object)
+    array[:] = serialized
+    return {EXAMPLES_INPUT: array}
 
 
 def _to_example(tf: Any, features: dict[str, Any]) -> Any:
@@ -150,6 +251,30 @@ def _to_example(tf: Any, features: dict[str, Any]) -> Any:
                 f"feature '{name}' must be numbers, strings or b64 values (or a list of one kind)"
             )
     return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def _signature(
+    name: str, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], methods: dict
+) -> Signature:
+    method = methods.get(name, PREDICT_METHOD)
+    return Signature(
+        name, inputs, outputs, method_name=method, batched=takes_batches(inputs, outputs)
+    )
+
+
+def takes_batches(inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec]) -> bool:
+    """Whether rows of many requests may share one call: every tensor has a free dimension 0.
+
+    No inputs, a scalar or a fixed dimension 0 (TF2's ``[1]``) means the function takes what
+    one request sends and no more; a scalar output (a counter, a reduction over the batch)
+    would mix requests. Unknown ranks are taken as batches (serialized Examples).
+    """
+    if not inputs:
+        return False
+    for spec in (*inputs.values(), *outputs.values()):
+        if spec.shape is not None and (len(spec.shape) == 0 or spec.shape[0] != -1):
+            return False
+    return True
 
 
 def _np_dtype(dtype: Any) -> np.dtype:
@@ -173,14 +298,33 @@ def _keras_output_names(model: Any) -> list[str]:
     return [t.name.split("/")[0] for t in model.outputs]
 
 
-def _signature_defs_from_proto(pb_file: Path) -> dict[str, Any]:
-    """The SavedModel's SignatureDefs in TF Serving's JSON form (defaults included)."""
-    from google.protobuf import json_format
+def _serving_meta_graph(model: str, pb_file: Path) -> Any:
+    """The SavedModel's MetaGraph tagged ``serve`` (TF Serving's default tag set)."""
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString(pb_file.read_bytes())
-    signature_defs = proto.meta_graphs[0].signature_def
+    try:
+        proto.ParseFromString(pb_file.read_bytes())
+    except DecodeError as exc:
+        raise ModelLoadError(
+            f"model '{model}': {pb_file.name} is not a SavedModel: {exc}"
+        ) from None
+    for meta_graph in proto.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            return meta_graph
+    tags = [list(m.meta_info_def.tags) for m in proto.meta_graphs]
+    raise ModelLoadError(
+        f"model '{model}': the SavedModel has no MetaGraph tagged 'serve' (tag sets: {tags})"
+    )
+
+
+def _signature_defs_json(meta_graph: Any) -> dict[str, Any]:
+    """The MetaGraph's SignatureDefs in TF Serving's JSON form (defaults included), every one
+    of them, ``__saved_model_init_op`` too, as TF Serving answers metadata."""
+    from google.protobuf import json_format
+
+    signature_defs = meta_graph.signature_def
     return {
         name: json_format.MessageToDict(
             signature_defs[name],
@@ -188,5 +332,4 @@ def _signature_defs_from_proto(pb_file: Path) -> dict[str, Any]:
             always_print_fields_with_no_presence=True,
         )
         for name in signature_defs
-        if not name.startswith("__")  # internal entries such as __saved_model_init_op
     }

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.errors import InvalidInput, NotFound
+from serve_app.errors import InvalidInput
 from serve_app.request import PredictRequest
 
 # TF Serving matches these paths case-insensitively (http_rest_api_util.cc).
@@ -40,7 +40,11 @@ def parse_model_path(path: str) -> ModelPath:
     """Parse the part of a TF Serving REST path after ``/v1/models/``."""
     match = _MODEL_PATH.match(path)
     if match is None:
-        raise NotFound(f"malformed request path /v1/models/{path}")
+        # TF Serving answers INVALID_ARGUMENT "Malformed request" (400), as for a bad body.
+        raise InvalidInput(
+            f"Malformed request: /v1/models/{path} (expected /v1/models/<name>"
+            "[/versions/<n>|/labels/<label>][/metadata|:predict|:classify|:regress])"
+        )
     suffix = (match["suffix"] or "").lower().lstrip("/:")
     version = int(match["version"]) if match["version"] is not None else None
     if version is not None and version < 0:

@@ -51,13 +51,19 @@ def test_classify_and_regress_like_tf_serving(fleet: dict) -> None:
     assert call(fleet, "half-plus-two:regress", with_context).json() == {"results": [7.0, 4.0]}
 
 
-def test_classify_needs_a_classify_signature(fleet: dict) -> None:
+def test_classify_needs_a_signature_of_examples_in_and_classes_or_scores_out(fleet: dict) -> None:
+    # TF Serving checks the signature's tensors (one input 'inputs'; 'classes'/'scores' or
+    # 'outputs' out), not its method name, unless --enable_signature_method_name_check.
     response = call(fleet, "half-plus-two:classify", {"examples": [{"x": 2.0}]})
     assert response.status_code == 400
-    assert "tensorflow/serving/classify" in response.json()["error"]
+    assert "exactly one input named 'inputs'" in response.json()["error"]
     response = call(fleet, "digits:regress", {"examples": [{"x": 2.0}]})
     assert response.status_code == 400
-    assert "regress" in response.json()["error"]
+    assert "cannot regress" in response.json()["error"]
+    regress_with_classify = {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}
+    response = call(fleet, "half-plus-two:regress", regress_with_classify)
+    assert response.status_code == 400
+    assert "exactly one output named 'outputs'" in response.json()["error"]
 
 
 def test_status_and_metadata_like_tf_serving(fleet: dict) -> None:
@@ -147,8 +153,23 @@ def test_text_classification_model(fleet: dict) -> None:
         ("half-plus-two:regress", {"examples": []}, 400, "non-empty list"),
         ("half-plus-two:regress", {"examples": [{"x": {"y": 1}}]}, 400, "contains an object"),
         ("half-plus-two:regress", {"examples": [{"x": 1}], "context": 3}, 400, "'context'"),
-        ("half-plus-two:explain", {"instances": [1.0]}, 404, "malformed request path"),
-        ("half-plus-two/versions/abc:predict", {"instances": [1.0]}, 404, "malformed"),
+        # TF Serving answers bad paths and unknown signatures with INVALID_ARGUMENT: 400.
+        ("half-plus-two:explain", {"instances": [1.0]}, 400, "Malformed request"),
+        ("half-plus-two/versions/abc:predict", {"instances": [1.0]}, 400, "Malformed request"),
+        (
+            "half-plus-two:predict",
+            {"signature_name": "nope", "instances": [1.0]},
+            400,
+            "no signature 'nope'",
+        ),
+        (
+            "half-plus-two:regress",
+            {"signature_name": "nope", "examples": [{"x": 1.0}]},
+            400,
+            "no signature 'nope'",
+        ),
+        ("nope:predict", {"instances": [1.0]}, 404, "not found"),
+        ("half-plus-two/versions/7:predict", {"instances": [1.0]}, 404, "version 7"),
     ],
 )
 def test_tfserving_errors_name_the_problem(

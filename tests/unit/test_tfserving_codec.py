@@ -5,7 +5,7 @@ import base64
 import numpy as np
 import pytest
 
-from serve_app.errors import InvalidInput, NotFound
+from serve_app.errors import InvalidInput
 from serve_app.protocols.tfserving import decode_predict, encode_predict, parse_model_path
 
 
@@ -26,9 +26,11 @@ def test_parse_model_path(path: str, expected: tuple) -> None:
 
 
 @pytest.mark.parametrize("path", ["digits:explain", "a/b/c", "digits/versions/x:predict", ""])
-def test_bad_paths_are_404(path: str) -> None:
-    with pytest.raises(NotFound):
+def test_bad_paths_are_malformed_requests_as_in_tf_serving(path: str) -> None:
+    # http_rest_api_handler_test.cc (UnsupportedApiCalls): INVALID_ARGUMENT, so 400.
+    with pytest.raises(InvalidInput, match="Malformed request") as info:
         parse_model_path(path)
+    assert info.value.status_code == 400
 
 
 def test_row_format_single_unnamed_input() -> None:
