@@ -1,15 +1,24 @@
-# The cluster image: Ray 2.60.0 (GPU base), torch and TensorFlow built for CUDA, and this
-# project. One image for the head, the CPU workers and the GPU workers (KubeRay or `ray start`).
+# The cluster images: Ray 2.60.0 and this project, in two targets.
 #
-#   docker build -t serve-app:0.1.0 .
+#   docker build --target cpu -t serve-app-cpu:0.1.0 .   # head and CPU workers
+#   docker build --target gpu -t serve-app-gpu:0.1.0 .   # GPU workers
 #
-# Needs an NVIDIA driver 580 or newer on GPU nodes: PyPI's torch 2.13.0 wheel for Linux is
-# built for CUDA 13.0; TensorFlow 2.21 brings its own CUDA 12 libraries (pip wheels), which
-# the same driver runs. Not built by this repository's tests (no Docker engine there).
-ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu
-FROM ${RAY_IMAGE}
+# (kuberay/cloudbuild.yaml builds and pushes both with Cloud Build; any BuildKit builder works.)
+#
+# Both start from Ray's CPU image, which has no CUDA: the GPU image's only CUDA stack is the
+# CUDA 12 libraries from pip (nvidia-*-cu12), shared by torch (a cu12x build from PyTorch's
+# index) and TensorFlow (tensorflow[and-cuda], which takes CUDA 12). The NVIDIA driver comes
+# from the node: 570 or newer for CUDA 12.8 (GKE: gpu-driver-version=latest). The last step
+# of the gpu target fails the build if any other CUDA stack got in.
+#
+# Non-root: the base image's user `ray` (uid 1000, gid 100). Layers from least to most often
+# changed: torch, then the dependencies (pyproject.toml only), then the code.
+# tensorflow-serving-api (TF Serving's protos) goes in with --no-deps, as in the Makefile: it
+# requires the full `tensorflow`, which would be installed over tensorflow-cpu.
+ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-cpu
 
-# The image's user is `ray`; its Python (3.11, same as the base image's Ray) is on PATH.
+FROM ${RAY_IMAGE} AS base
+USER ray
 WORKDIR /home/ray/serve-app
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -18,21 +27,56 @@ ENV PIP_NO_CACHE_DIR=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     RAY_USAGE_STATS_ENABLED=0
 
-# torch first and pinned, like the Makefile: unpinned, the project's `torch>=2.4` could pick
-# another build. Override for another CUDA, e.g. --build-arg TORCH="torch==2.13.0 --index-url ...".
-ARG TORCH="torch==2.13.0"
-RUN pip install ${TORCH}
-
-# Dependencies in their own layer: a code change does not reinstall them.
+# --- CPU -----------------------------------------------------------------------------------
+FROM base AS cpu-deps
+# PyTorch's CPU build (PyPI's Linux wheel would pull gigabytes of CUDA libraries).
+ARG TORCH_VERSION=2.13.0
+RUN pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
+# The dependencies alone, from pyproject.toml: a code change does not reinstall them.
 COPY --chown=ray:users pyproject.toml README.md ./
 RUN mkdir serve_app deployments \
     && touch serve_app/__init__.py deployments/__init__.py \
-    && pip install ".[gpu]" \
+    && pip install ".[cpu]" \
+    && pip install --no-deps tensorflow-serving-api==2.21.0 \
     && pip uninstall --yes serve-app \
     && rm -rf serve_app deployments build *.egg-info
 
+FROM cpu-deps AS cpu
 COPY --chown=ray:users serve_app ./serve_app
 COPY --chown=ray:users deployments ./deployments
 COPY --chown=ray:users serve_config.yaml ./
 RUN pip install --no-deps . \
     && python -c "import serve_app.app, deployments.tensorflow, deployments.transformers"
+
+# --- GPU -----------------------------------------------------------------------------------
+FROM base AS gpu-deps
+# torch built for CUDA 12 (TensorFlow has no CUDA 13 build). If PyTorch's index has no such
+# build of this version, pick the cu12x index that has: pip index versions torch --index-url ...
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
+    && pip freeze | grep -i '^nvidia-' > /home/ray/cuda-constraints.txt
+# TensorFlow gets the CUDA libraries torch brought (the constraints), not a second set.
+COPY --chown=ray:users pyproject.toml README.md ./
+RUN mkdir serve_app deployments \
+    && touch serve_app/__init__.py deployments/__init__.py \
+    && pip install --constraint /home/ray/cuda-constraints.txt ".[gpu]" \
+    && pip install --no-deps tensorflow-serving-api==2.21.0 \
+    && pip uninstall --yes serve-app \
+    && rm -rf serve_app deployments build *.egg-info
+# GKE mounts the node's driver (libcuda, NVML, nvidia-smi) under /usr/local/nvidia.
+ENV LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/nvidia/lib \
+    PATH=/usr/local/nvidia/bin:${PATH} \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+FROM gpu-deps AS gpu
+COPY --chown=ray:users serve_app ./serve_app
+COPY --chown=ray:users deployments ./deployments
+COPY --chown=ray:users serve_config.yaml ./
+RUN pip install --no-deps . \
+    && python -c "import serve_app.app, deployments.tensorflow, deployments.transformers" \
+    && if pip list 2>/dev/null | grep -i -E '(-cu1[13]|^cuda-toolkit) '; then \
+         echo "more than one CUDA stack in the image (see above)" >&2; exit 1; \
+       fi \
+    && if [ -d /usr/local/cuda ]; then echo "the base image has a CUDA toolkit" >&2; exit 1; fi

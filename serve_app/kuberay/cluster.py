@@ -1,21 +1,29 @@
-"""Apply and read the RayService (and the namespace and service account beside it) through the
-official ``kubernetes`` client: ``CustomObjectsApi`` for ``rayservices.ray.io/v1``.
+"""Apply objects and read the RayService through the official ``kubernetes`` client.
 
-Objects are applied the way ``kubectl apply`` does it: created when absent, otherwise changed
-with a three-way JSON merge patch, remembering what was applied in kubectl's own
-``last-applied-configuration`` annotation, so this and ``kubectl apply -k`` can take turns.
-Every expected failure (no credentials, API unreachable, the KubeRay CRD or operator missing, a
-rejected object) raises ``ClusterError`` with a message that says what to do.
+Objects are applied the way ``kubectl apply --server-side`` does it: the dynamic client finds
+each kind through the API server's discovery, so any kind an overlay holds (RayService,
+NetworkPolicy, PodDisruptionBudget, PodMonitoring, Gateway, ...) applies; the API server
+creates what is absent, merges the rest, and removes what an earlier apply of ours set but
+this one no longer does, while fields other managers own (the operator's status, a person's
+``kubectl edit``) stay theirs. ``dry_run`` asks the server to do all of that without storing
+anything, which is also how ``--diff`` learns what would change.
+
+Every expected failure (no credentials, API unreachable, a kind the cluster does not serve,
+the KubeRay operator missing, a conflict, a rejected object) raises ``ClusterError`` with a
+message that says what to do.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +31,14 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.discovery import LazyDiscoverer
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
-from serve_app.kuberay.merge_patch import three_way_merge_patch
-from serve_app.kuberay.status import assess, describe
+from serve_app.kuberay.status import assess, describe, pod_problems
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-MERGE_PATCH = "application/merge-patch+json"
+FIELD_MANAGER = "serve-app"
 GKE_CREDENTIALS_HINT = (
     "for GKE: gcloud container clusters get-credentials CLUSTER --location LOCATION"
 )
@@ -43,6 +52,29 @@ OPERATOR_MISSING = (
     " namespace '{namespace}' (GKE: check the Ray Operator add-on; elsewhere: kubectl get pods"
     " -A -l app.kubernetes.io/name=kuberay-operator)"
 )
+# What to do when the cluster does not serve an API group an overlay uses.
+GROUP_HINTS = {
+    "ray.io": "enable the Ray Operator add-on or install the KubeRay Helm chart",
+    "monitoring.googleapis.com": (
+        "enable Managed Service for Prometheus (gcloud container clusters update CLUSTER"
+        " --enable-managed-prometheus)"
+    ),
+    "gateway.networking.k8s.io": (
+        "enable the Gateway API (gcloud container clusters update CLUSTER --gateway-api=standard)"
+    ),
+    "networking.gke.io": (
+        "enable the Gateway API (gcloud container clusters update CLUSTER --gateway-api=standard)"
+    ),
+}
+# Fields the API server sets: never part of what we apply, ignored when comparing.
+SERVER_METADATA = (
+    "managedFields",
+    "resourceVersion",
+    "generation",
+    "uid",
+    "creationTimestamp",
+    "selfLink",
+)
 
 
 class ClusterError(RuntimeError):
@@ -50,13 +82,20 @@ class ClusterError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _Kind:
-    """How to read, create and patch one kind of object; results are plain dicts."""
+class Applied:
+    """One object after a (possibly dry-run) server-side apply."""
 
-    read: Callable[[str, str], Any]
-    create: Callable[[str, dict], Any]
-    patch: Callable[[str, str, dict], Any]
-    namespaced: bool
+    kind: str
+    name: str
+    namespace: str
+    action: str  # "created", "configured" or "unchanged"
+    live: dict[str, Any] | None  # the object before the apply; None when it did not exist
+    result: dict[str, Any]  # the object as the server stored it, or would have
+
+    @property
+    def label(self) -> str:
+        """``kind/name``, as kubectl prints it."""
+        return f"{self.kind.lower()}/{self.name}"
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
@@ -123,19 +162,28 @@ def require_rayservice_crd(api: client.ApiClient) -> None:
 
 
 def apply_objects(
-    api: client.ApiClient, objects: list[dict[str, Any]], namespace: str | None = None
-) -> list[str]:
-    """Create or patch each object (namespaces first); one ``kind/name outcome`` line each."""
-    kinds = _kinds(api)
-    unsupported = sorted({_key(o) for o in objects} - kinds.keys())
-    if unsupported:
-        raise ClusterError(
-            "cannot apply "
-            + ", ".join(f"{kind} ({api_version})" for api_version, kind in unsupported)
-            + f"; supported: {', '.join(kind for _, kind in kinds)} (use kubectl apply for others)"
-        )
-    ordered = sorted(objects, key=lambda o: o.get("kind") != "Namespace")
-    return [_apply_one(api, kinds[_key(o)], o, namespace) for o in ordered]
+    api: client.ApiClient,
+    objects: list[dict[str, Any]],
+    namespace: str | None = None,
+    *,
+    dry_run: bool = False,
+    force_conflicts: bool = False,
+) -> list[Applied]:
+    """Server-side apply each object, namespaces first, as field manager ``serve-app``.
+
+    Every kind is looked up before anything is applied, so an overlay with a kind the cluster
+    does not serve changes nothing. ``dry_run`` stores nothing (the server's ``dryRun=All``).
+    ``force_conflicts`` takes over fields another manager owns instead of failing.
+    """
+    dynamic = _dynamic(api)
+    with api_errors(api):
+        resources = [(obj, _resource(dynamic, obj)) for obj in objects]
+    missing = sorted({_key(obj) for obj, resource in resources if resource is None})
+    if missing:
+        raise ClusterError(_missing_kinds_message(missing))
+    applier = _Applier(dynamic, namespace, dry_run, force_conflicts)
+    ordered = sorted(resources, key=lambda pair: pair[0].get("kind") != "Namespace")
+    return [applier.apply(obj, resource) for obj, resource in ordered]
 
 
 def get_rayservice(api: client.ApiClient, name: str, namespace: str) -> dict[str, Any]:
@@ -154,6 +202,29 @@ def get_rayservice(api: client.ApiClient, name: str, namespace: str) -> dict[str
             raise
 
 
+def cluster_pods(api: client.ApiClient, rayservice: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pods of the RayService's active and pending RayClusters (KubeRay labels them
+    ``ray.io/cluster``); none when the credentials may not list pods."""
+    status = rayservice.get("status") or {}
+    namespace = (rayservice.get("metadata") or {}).get("namespace") or "default"
+    names = [
+        (status.get(side) or {}).get("rayClusterName")
+        for side in ("activeServiceStatus", "pendingServiceStatus")
+    ]
+    core = client.CoreV1Api(api)
+    pods: list[dict[str, Any]] = []
+    with api_errors(api):
+        for name in filter(None, names):
+            try:
+                found = core.list_namespaced_pod(namespace, label_selector=f"ray.io/cluster={name}")
+            except ApiException as exc:
+                if exc.status == 403:  # may read the RayService but not list pods
+                    return []
+                raise
+            pods += [api.sanitize_for_serialization(pod) for pod in found.items]
+    return pods
+
+
 def wait_until_ready(
     api: client.ApiClient,
     name: str,
@@ -161,11 +232,17 @@ def wait_until_ready(
     timeout_s: float,
     poll_s: float = 5.0,
     progress: Callable[[str], None] = lambda line: None,
+    heartbeat_s: float = 30.0,
 ) -> dict[str, Any]:
     """Poll the RayService until KubeRay reports it ready; ``ClusterError`` when an application
-    failed to deploy, or when ``timeout_s`` passes (saying whether an operator ever answered)."""
-    deadline = time.monotonic() + timeout_s
-    last_reason = None
+    failed to deploy, or when ``timeout_s`` passes (saying whether an operator ever answered).
+
+    ``progress`` gets ``[  12s] waiting for: ...`` with what is not ready yet (the operator's
+    reason, applications, pods that are pending or failing) whenever that changes, and at
+    least every ``heartbeat_s`` while it does not.
+    """
+    start = time.monotonic()
+    last_report: tuple[str, float] | None = None
     while True:
         rayservice = get_rayservice(api, name, namespace)
         verdict = assess(rayservice)
@@ -173,10 +250,16 @@ def wait_until_ready(
             return rayservice
         if verdict.phase == "failed":
             raise ClusterError(f"RayService {namespace}/{name} failed:\n{describe(rayservice)}")
-        if verdict.reason != last_reason:
-            progress(f"waiting: {verdict.reason}")
-            last_reason = verdict.reason
-        if time.monotonic() >= deadline:
+        elapsed = time.monotonic() - start
+        waiting = waiting_for(verdict.reason, pod_problems(cluster_pods(api, rayservice)))
+        if (
+            last_report is None
+            or waiting != last_report[0]
+            or elapsed - last_report[1] >= (heartbeat_s)
+        ):
+            progress(f"[{elapsed:5.0f}s] {waiting}")
+            last_report = (waiting, elapsed)
+        if elapsed >= timeout_s:
             if verdict.phase == "no-status":
                 raise ClusterError(
                     f"RayService {namespace}/{name} "
@@ -189,86 +272,124 @@ def wait_until_ready(
         time.sleep(poll_s)
 
 
-def _apply_one(api: client.ApiClient, kind: _Kind, obj: dict, namespace: str | None) -> str:
-    meta = obj.get("metadata") or {}
-    name = meta.get("name")
-    label = f"{obj.get('kind', '?').lower()}/{name}"
-    if not name:
-        raise ClusterError(f"a {obj.get('kind')} without metadata.name cannot be applied")
-    ns = (meta.get("namespace") or namespace or "default") if kind.namespaced else ""
-    desired = _with_last_applied(obj, ns)
-    with api_errors(api):
-        try:
-            live = _plain(api, kind.read(name, ns))
-        except ApiException as exc:
-            if exc.status != 404:
+def waiting_for(reason: str, problems: list[str]) -> str:
+    """One progress message: the RayService's reason, then one indented line per pod."""
+    return "\n".join([f"waiting for: {reason}", *(f"         pod {p}" for p in problems)])
+
+
+def comparable(obj: dict[str, Any] | None) -> dict[str, Any]:
+    """``obj`` without what the server alone sets (status, managedFields, versions, ids)."""
+    if not obj:
+        return {}
+    result = {k: copy.deepcopy(v) for k, v in obj.items() if k != "status"}
+    meta = {k: v for k, v in (result.get("metadata") or {}).items() if k not in SERVER_METADATA}
+    result["metadata"] = meta
+    return result
+
+
+@dataclass
+class _Applier:
+    """Server-side applies objects one by one, with the same options."""
+
+    dynamic: DynamicClient
+    namespace: str | None
+    dry_run: bool
+    force_conflicts: bool
+    # Namespaces a dry run would create: the server cannot dry-run objects into them.
+    new_namespaces: set[str] = field(default_factory=set)
+
+    def apply(self, obj: dict[str, Any], resource: Any) -> Applied:
+        meta = obj.get("metadata") or {}
+        name, kind = meta.get("name"), str(obj.get("kind"))
+        if not name:
+            raise ClusterError(f"a {kind} without metadata.name cannot be applied")
+        ns = (meta.get("namespace") or self.namespace or "default") if resource.namespaced else ""
+        body = {k: v for k, v in copy.deepcopy(obj).items() if k != "status"}
+        if ns:
+            body["metadata"]["namespace"] = ns
+        if self.dry_run and ns in self.new_namespaces:
+            return Applied(kind, name, ns, "created", None, body)
+        with api_errors(self.dynamic.client):
+            live = self._live(resource, name, ns)
+            try:
+                result = self.dynamic.server_side_apply(
+                    resource,
+                    body=body,
+                    name=name,
+                    namespace=ns or None,
+                    field_manager=FIELD_MANAGER,
+                    force_conflicts=True if self.force_conflicts else None,
+                    dry_run="All" if self.dry_run else None,
+                ).to_dict()
+            except ApiException as exc:
+                if exc.status == 409:
+                    raise ClusterError(_conflict_message(f"{kind.lower()}/{name}", exc)) from None
                 raise
-            kind.create(ns, desired)
-            return f"{label} created"
-        annotations = (live.get("metadata") or {}).get("annotations") or {}
-        last_applied = json.loads(annotations.get(LAST_APPLIED) or "{}")
-        patch = three_way_merge_patch(last_applied, live, desired)
-        if not patch:
-            return f"{label} unchanged"
-        kind.patch(name, ns, patch)
-        return f"{label} configured"
+        if live is None:
+            if self.dry_run and kind == "Namespace":
+                self.new_namespaces.add(name)
+            return Applied(kind, name, ns, "created", None, result)
+        action = "unchanged" if comparable(live) == comparable(result) else "configured"
+        return Applied(kind, name, ns, action, live, result)
+
+    def _live(self, resource: Any, name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            return self.dynamic.get(resource, name=name, namespace=namespace or None).to_dict()
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
 
-def _with_last_applied(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-    """The object to send: namespace set, no status, and kubectl's record of what we applied."""
-    desired = {k: v for k, v in obj.items() if k != "status"}
-    meta = dict(desired.get("metadata") or {})
-    if namespace:
-        meta["namespace"] = namespace
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != LAST_APPLIED}
-    record_meta = {k: v for k, v in meta.items() if k != "annotations"}
-    if annotations:
-        record_meta["annotations"] = dict(annotations)
-    record = dict(desired, metadata=record_meta)
-    annotations[LAST_APPLIED] = json.dumps(record, sort_keys=True, separators=(",", ":"))
-    return dict(desired, metadata=dict(meta, annotations=annotations))
+def _dynamic(api: client.ApiClient) -> DynamicClient:
+    """A dynamic client whose discovery lives in memory: nothing cached on disk between runs,
+    so a CRD installed a moment ago is found."""
+    with api_errors(api):
+        return DynamicClient(api, discoverer=_MemoryDiscoverer)
 
 
-def _plain(api: client.ApiClient, value: Any) -> dict[str, Any]:
-    """Typed models of the core API as plain JSON-style dicts (custom objects already are)."""
-    return value if isinstance(value, dict) else api.sanitize_for_serialization(value)
+class _MemoryDiscoverer(LazyDiscoverer):
+    """The client's lazy discovery, minus its cache file in the temporary directory."""
+
+    def __init__(self, client: Any, cache_file: str | None) -> None:
+        # A path that never exists, so the first lookups ask the server.
+        unused = Path(tempfile.gettempdir()) / f"serve-app-discovery-{uuid.uuid4().hex}.json"
+        super().__init__(client, cache_file or str(unused))
+
+    def _write_cache(self) -> None:
+        pass
+
+
+def _resource(dynamic: DynamicClient, obj: dict[str, Any]) -> Any | None:
+    """The API resource that serves ``obj``'s kind, or None when the cluster has none."""
+    try:
+        return dynamic.resources.get(api_version=obj.get("apiVersion"), kind=obj.get("kind"))
+    except ResourceNotFoundError:
+        return None
+
+
+def _missing_kinds_message(missing: list[tuple[str, str]]) -> str:
+    kinds = ", ".join(f"{kind} ({api_version})" for api_version, kind in missing)
+    hints = []
+    for api_version, _ in missing:
+        group = api_version.split("/")[0] if "/" in api_version else ""
+        hint = CRD_MISSING if group == GROUP else GROUP_HINTS.get(group)
+        if hint and hint not in hints:
+            hints.append(hint)
+    advice = "; ".join(hints) or "install the CRDs that define them"
+    return f"this cluster does not serve {kinds}; nothing was applied: {advice}"
+
+
+def _conflict_message(label: str, exc: ApiException) -> str:
+    return (
+        f"{label}: {_status_message(exc)}. Another field manager changed these fields since"
+        " the last apply: see the difference with --diff, then apply with --force-conflicts to"
+        " take them over (or put the change into the manifests)"
+    )
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
     return (str(obj.get("apiVersion")), str(obj.get("kind")))
-
-
-def _kinds(api: client.ApiClient) -> dict[tuple[str, str], _Kind]:
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    merge = {"_content_type": MERGE_PATCH}  # the typed API would default to strategic merge
-    return {
-        ("v1", "Namespace"): _Kind(
-            read=lambda name, ns: core.read_namespace(name),
-            create=lambda ns, body: core.create_namespace(body),
-            patch=lambda name, ns, body: core.patch_namespace(name, body, **merge),
-            namespaced=False,
-        ),
-        ("v1", "ServiceAccount"): _Kind(
-            read=lambda name, ns: core.read_namespaced_service_account(name, ns),
-            create=lambda ns, body: core.create_namespaced_service_account(ns, body),
-            patch=lambda name, ns, body: core.patch_namespaced_service_account(
-                name, ns, body, **merge
-            ),
-            namespaced=True,
-        ),
-        (f"{GROUP}/{VERSION}", "RayService"): _Kind(
-            read=lambda name, ns: custom.get_namespaced_custom_object(
-                GROUP, VERSION, ns, PLURAL, name
-            ),
-            create=lambda ns, body: custom.create_namespaced_custom_object(
-                GROUP, VERSION, ns, PLURAL, body
-            ),
-            patch=lambda name, ns, body: custom.patch_namespaced_custom_object(
-                GROUP, VERSION, ns, PLURAL, name, body
-            ),
-            namespaced=True,
-        ),
-    }
 
 
 def _status_message(exc: ApiException) -> str:

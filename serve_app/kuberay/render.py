@@ -6,6 +6,11 @@ Each directory of ``kuberay/`` that holds a ``serve-overrides.yaml`` gets a gene
 models are and how they are placed (``uri``, ``resources``, ``num_replicas``, ``autoscaling``,
 the ingress); batching, versions and every other key stay as they run locally. An overlay's
 overrides layer over those of the kustomize directories it builds on, as its manifests do.
+
+``placement`` names the Ray node labels of the cluster's worker groups: every model and pool
+without a ``label_selector`` of its own asks for the ``gpu`` labels when it has ``num_gpus``,
+else for the ``cpu`` ones, and so does the ingress. The labels are cluster facts, so they live
+here and not in ``serve_config.yaml``, which also runs on machines without them.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve_app.config import MODEL_NAME_PATTERN, ConfigError, parse_app_config
+from serve_app.config import MODEL_NAME_PATTERN, ConfigError, LabelSelector, parse_app_config
 from serve_app.kuberay.merge_patch import apply_merge_patch
 
 OVERRIDES_FILE = "serve-overrides.yaml"
@@ -48,6 +53,15 @@ class ModelOverride(_Strict):
     autoscaling: dict[str, Any] | None = None
 
 
+class Placement(_Strict):
+    """The Ray node labels replicas ask for (``label_selector``) unless their entry sets one."""
+
+    cpu: LabelSelector | None = Field(
+        default=None, description="models and pools with num_gpus 0, and the ingress"
+    )
+    gpu: LabelSelector | None = Field(default=None, description="models and pools with num_gpus")
+
+
 class Overrides(_Strict):
     """The contents of a ``serve-overrides.yaml``."""
 
@@ -56,6 +70,7 @@ class Overrides(_Strict):
     )
     ingress: dict[str, Any] | None = None
     models: dict[Annotated[str, Field(pattern=MODEL_NAME_PATTERN)], ModelOverride] = {}
+    placement: Placement | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,31 @@ def apply_overrides(serve_config: dict[str, Any], layers: list[Overrides]) -> di
             by_name[name].update(patched)
         if layer.ingress is not None:
             args["ingress"] = apply_merge_patch(args.get("ingress") or {}, layer.ingress)
+    placement = Placement()
+    for layer in layers:
+        if layer.placement is not None:
+            placement = placement.model_copy(update=layer.placement.model_dump(exclude_unset=True))
+    _place(args, placement)
     return config
+
+
+def _place(args: dict[str, Any], placement: Placement) -> None:
+    """Give each model, pool and the ingress the labels of its kind of worker group, unless it
+    asks for labels of its own. Runs after every layer, on the final ``num_gpus``."""
+    entries = [e for key in ("models", "pools") for e in args.get(key) or [] if isinstance(e, dict)]
+    for entry in entries:
+        resources = entry.get("resources")
+        resources = resources if isinstance(resources, dict) else {}
+        if resources.get("label_selector"):
+            continue
+        gpus = resources.get("num_gpus")  # a bad value is named by the validation after this
+        on_gpu = isinstance(gpus, (int, float)) and gpus > 0
+        labels = placement.gpu if on_gpu else placement.cpu
+        if labels:
+            entry["resources"] = {**resources, "label_selector": dict(labels)}
+    ingress = args.get("ingress")
+    if placement.cpu and not (isinstance(ingress, dict) and ingress.get("label_selector")):
+        args["ingress"] = {**(ingress or {}), "label_selector": dict(placement.cpu)}
 
 
 def validate_serve_config(config: dict[str, Any]) -> None:

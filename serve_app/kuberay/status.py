@@ -1,4 +1,5 @@
-"""Judge and describe a RayService's status, as KubeRay (v1.x) reports it. Pure functions."""
+"""Judge and describe a RayService's status, as KubeRay (v1.x) reports it, and say what its
+pods wait for. Pure functions over the objects the API server returns."""
 
 from __future__ import annotations
 
@@ -55,8 +56,9 @@ def assess(rayservice: dict[str, Any]) -> Assessment:
     return Assessment("pending", "; ".join(reasons))
 
 
-def describe(rayservice: dict[str, Any]) -> str:
-    """A few lines for people: readiness, clusters, applications and their deployments."""
+def describe(rayservice: dict[str, Any], pods: list[dict[str, Any]] | None = None) -> str:
+    """A few lines for people: readiness, clusters, applications and their deployments, and
+    the pods that keep it from being ready."""
     meta = rayservice.get("metadata") or {}
     status = rayservice.get("status") or {}
     verdict = assess(rayservice)
@@ -77,7 +79,84 @@ def describe(rayservice: dict[str, Any]) -> str:
             for deployment, dstatus in sorted((app.get("serveDeploymentStatuses") or {}).items()):
                 detail = f" - {dstatus['message']}" if dstatus.get("message") else ""
                 lines.append(f"      {deployment}: {dstatus.get('status', '?')}{detail}")
+    problems = pod_problems(pods or [])
+    if problems:
+        lines.append("  pods not ready:")
+        lines += [f"    {problem}" for problem in problems]
     return "\n".join(lines)
+
+
+def summary(rayservice: dict[str, Any], pods: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The status as one JSON-ready mapping (``serve-app kuberay status -o json``)."""
+    meta = rayservice.get("metadata") or {}
+    status = rayservice.get("status") or {}
+    verdict = assess(rayservice)
+    clusters = {}
+    for side, label in (("activeServiceStatus", "active"), ("pendingServiceStatus", "pending")):
+        service = status.get(side) or {}
+        if not service.get("rayClusterName") and not service.get("applicationStatuses"):
+            continue
+        clusters[label] = {
+            "name": service.get("rayClusterName"),
+            "applications": {
+                name: {
+                    "status": app.get("status"),
+                    "message": app.get("message") or "",
+                    "deployments": {
+                        deployment: {
+                            "status": dstatus.get("status"),
+                            "message": dstatus.get("message") or "",
+                        }
+                        for deployment, dstatus in sorted(
+                            (app.get("serveDeploymentStatuses") or {}).items()
+                        )
+                    },
+                }
+                for name, app in _applications(status, side).items()
+            },
+        }
+    return {
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "ready": verdict.phase == "ready",
+        "phase": verdict.phase,
+        "reason": verdict.reason,
+        "generation": meta.get("generation"),
+        "observedGeneration": status.get("observedGeneration"),
+        "serveEndpoints": status.get("numServeEndpoints"),
+        "clusters": clusters,
+        "podsNotReady": pod_problems(pods or []),
+    }
+
+
+def pod_problems(pods: list[dict[str, Any]]) -> list[str]:
+    """``name: why`` for each pod that is not ready: unschedulable (the scheduler's message,
+    e.g. no node with a free GPU), waiting containers (image pull, missing Secret, crash loop),
+    or simply not ready yet. Ready and finished pods are left out."""
+    problems = []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        phase = status.get("phase") or "Pending"
+        if phase == "Succeeded" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        if conditions.get("Ready", {}).get("status") == "True":
+            continue
+        scheduled = conditions.get("PodScheduled", {})
+        if scheduled.get("status") == "False":
+            why = f"{scheduled.get('reason') or 'not scheduled'}: {scheduled.get('message', '')}"
+            problems.append(f"{name}: {phase}, {why.strip().rstrip(':')}")
+            continue
+        waiting = [
+            f"{c.get('name')} {state['waiting'].get('reason', 'waiting')}"
+            + (f": {state['waiting']['message']}" if state["waiting"].get("message") else "")
+            for key in ("initContainerStatuses", "containerStatuses")
+            for c in status.get(key) or []
+            if "waiting" in (state := c.get("state") or {})
+        ]
+        problems.append(f"{name}: {phase}, " + ("; ".join(waiting) or "not ready yet"))
+    return problems
 
 
 def _applications(status: dict[str, Any], side: str) -> dict[str, dict[str, Any]]:

@@ -1,12 +1,20 @@
 """A small, real Kubernetes API server for tests: HTTP on 127.0.0.1, objects kept in memory.
 
-It speaks the subset that ``serve_app.kuberay.cluster`` uses, the way kube-apiserver does:
-discovery of an API group version (``GET /apis/ray.io/v1``; 404 when the CRD is not
-installed), and for namespaces, service accounts and RayServices: GET (404 with a ``Status``
-body when absent), list, POST (201; 409 when it exists), PATCH with a JSON merge patch (415 for
-other patch types), and the ``status`` subresource (the only way to change ``status``; writes to
-the main resource leave it alone, and ``metadata.generation`` counts spec changes only).
-Requests need the bearer token, or get 401.
+It speaks the part of the API that the ``kubernetes`` client (typed and dynamic) uses here, the
+way kube-apiserver does:
+
+- discovery: ``/version``, ``/api``, ``/apis`` and one resource list per group version, for
+  every kind the overlays hold (and pods); a group that is not installed is absent (404);
+- objects: GET (404 with a ``Status`` body when absent), list (with an equality
+  ``labelSelector``), POST (201; 409 when it exists), PATCH as a JSON merge patch, PATCH as a
+  server-side apply (``application/apply-patch+yaml``: create if absent, ``fieldManager``
+  required, field ownership and conflicts in ``managedFields``, ``force``; see fake_ssa.py),
+  ``dryRun=All`` on writes (checked and answered, not stored); other patch types get 415;
+- a namespaced object needs its namespace to exist (404), as with the NamespaceLifecycle
+  admission plugin;
+- the ``status`` subresource is the only way to change ``status``; writes to the main resource
+  leave it alone, and ``metadata.generation`` counts changes outside metadata and status;
+- requests need the bearer token, or get 401.
 """
 
 from __future__ import annotations
@@ -22,9 +30,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+from tests.kuberay import fake_ssa
 
 TOKEN = "test-token"
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+VERSION_INFO = {"major": "1", "minor": "34", "gitVersion": "v1.34.1", "platform": "linux/amd64"}
 
 
 @dataclass(frozen=True)
@@ -37,84 +52,155 @@ class Resource:
     namespaced: bool
     has_status: bool
 
+    @property
+    def group(self) -> str:
+        return self.group_version.rpartition("/")[0]
 
-CORE = [
-    Resource("v1", "namespaces", "Namespace", namespaced=False, has_status=True),
-    Resource("v1", "serviceaccounts", "ServiceAccount", namespaced=True, has_status=False),
+
+def _r(group_version: str, plural: str, kind: str, namespaced: bool = True, status: bool = True):
+    return Resource(group_version, plural, kind, namespaced, status)
+
+
+# Every kind in kuberay/ (tests/kuberay/test_manifests.py checks that), and pods.
+RESOURCES = [
+    _r("v1", "namespaces", "Namespace", namespaced=False),
+    _r("v1", "serviceaccounts", "ServiceAccount", status=False),
+    _r("v1", "pods", "Pod"),
+    _r("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", status=False),
+    _r("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    _r("ray.io/v1", "rayservices", "RayService"),
+    _r("monitoring.googleapis.com/v1", "podmonitorings", "PodMonitoring"),
+    _r("gateway.networking.k8s.io/v1", "gateways", "Gateway"),
+    _r("gateway.networking.k8s.io/v1", "httproutes", "HTTPRoute"),
+    _r("networking.gke.io/v1", "healthcheckpolicies", "HealthCheckPolicy"),
+    _r("networking.gke.io/v1", "gcpbackendpolicies", "GCPBackendPolicy"),
 ]
-RAYSERVICES = Resource("ray.io/v1", "rayservices", "RayService", namespaced=True, has_status=True)
 
 
 class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
         super().__init__(message)
-        self.code, self.reason, self.message = code, reason, message
+        self.code, self.reason, self.message, self.details = code, reason, message, details
 
 
 @dataclass
 class FakeApiServer:
-    """The server's state; ``crd_installed=False`` serves no ``ray.io`` group at all."""
+    """The server's state. ``crd_installed=False`` serves no ``ray.io`` group; the API groups
+    in ``missing_groups`` (e.g. ``monitoring.googleapis.com``) are not served either."""
 
     crd_installed: bool = True
-    objects: dict[tuple[str, str, str, str], dict[str, Any]] = field(default_factory=dict)
+    missing_groups: tuple[str, ...] = ()
+    objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _versions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
     def resources(self) -> list[Resource]:
-        return CORE + ([RAYSERVICES] if self.crd_installed else [])
+        missing = set(self.missing_groups) | (set() if self.crd_installed else {"ray.io"})
+        return [r for r in RESOURCES if r.group not in missing]
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A stored object (a copy), for assertions."""
         with self.lock:
-            found = self.objects.get((plural, namespace, name))
-            return copy.deepcopy(found)
+            return copy.deepcopy(self.objects.get((plural, namespace, name)))
 
-    # Request handling; ``segments`` is the path split on "/" without the API prefix.
-    def handle(self, method: str, path: str, content_type: str, body: Any) -> tuple[int, Any]:
-        self.requests.append((method, path))
-        group_version, segments = _split(path)
-        if group_version is None:
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+    # Request handling.
+    def handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, Any]:
+        url = urlsplit(target)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        self.requests.append((method, url.path))
+        content_type = (headers.get("Content-Type") or "").split(";")[0].strip()
+        parts = [p for p in url.path.split("/") if p]
+        if method == "GET" and parts == ["version"]:
+            return 200, VERSION_INFO
+        if method == "GET" and parts == ["api"]:
+            return 200, {"kind": "APIVersions", "versions": ["v1"]}
+        if method == "GET" and parts == ["apis"]:
+            return 200, self._group_list()
+        group_version, segments = _split(parts)
         served = [r for r in self.resources if r.group_version == group_version]
         if not served:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if not segments and method == "GET":
             return 200, _resource_list(group_version, served)
         resource, namespace, name, subresource = _route(served, segments)
+        manager = query.get("fieldManager") or _user_agent_manager(headers)
+        dry_run = query.get("dryRun") == "All"
         with self.lock:
             if name is None:
                 if method == "GET":
-                    return 200, self._list(resource, namespace)
+                    return 200, self._list(resource, namespace, query.get("labelSelector"))
                 if method == "POST":
-                    return 201, self._create(resource, namespace, body)
+                    created = self._create(resource, namespace, _json(body), manager, dry_run)
+                    return 201, created
             elif method == "GET":
-                return 200, self._read(resource, namespace, name)
+                return 200, self._read(resource, namespace, name, subresource)
+            elif method == "PATCH" and content_type == APPLY_PATCH:
+                if subresource:
+                    raise ApiError(405, "MethodNotAllowed", "apply to the main resource only")
+                applied = _yaml(body)
+                force = query.get("force", "false").lower() == "true"
+                return self._apply(resource, namespace, name, applied, query, force, dry_run)
+            elif method == "PATCH" and content_type == MERGE_PATCH:
+                patch = _json(body)
+                return 200, self._patch(resource, namespace, name, patch, subresource, manager)
             elif method == "PATCH":
-                if content_type != MERGE_PATCH:
-                    raise ApiError(
-                        415,
-                        "UnsupportedMediaType",
-                        f"the body of the request was in"
-                        f" an unknown format - accepted media types include: {MERGE_PATCH}",
-                    )
-                return 200, self._patch(resource, namespace, name, body, subresource)
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media types"
+                    f" include: {MERGE_PATCH}, {APPLY_PATCH}",
+                )
         raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method: {method}")
 
-    def _read(self, resource: Resource, namespace: str, name: str) -> dict[str, Any]:
-        found = self.objects.get((resource.plural, namespace, name))
+    def _group_list(self) -> dict[str, Any]:
+        groups: dict[str, list[str]] = {}
+        for r in self.resources:
+            if r.group:
+                versions = groups.setdefault(r.group, [])
+                if r.group_version not in versions:
+                    versions.append(r.group_version)
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [
+                {
+                    "name": name,
+                    "versions": [
+                        {"groupVersion": gv, "version": gv.split("/")[1]} for gv in versions
+                    ],
+                    "preferredVersion": {
+                        "groupVersion": versions[0],
+                        "version": versions[0].split("/")[1],
+                    },
+                }
+                for name, versions in groups.items()
+            ],
+        }
+
+    def _key(self, resource: Resource, namespace: str, name: str) -> tuple[str, str, str]:
+        return (resource.plural, namespace if resource.namespaced else "", name)
+
+    def _read(
+        self, resource: Resource, namespace: str, name: str, subresource: str = ""
+    ) -> dict[str, Any]:
+        found = self.objects.get(self._key(resource, namespace, name))
         if found is None:
-            group = resource.group_version.split("/")[0] if "/" in resource.group_version else ""
-            qualified = f"{resource.plural}.{group}" if group else resource.plural
+            qualified = f"{resource.plural}.{resource.group}" if resource.group else resource.plural
             raise ApiError(404, "NotFound", f'{qualified} "{name}" not found')
         return copy.deepcopy(found)
 
-    def _list(self, resource: Resource, namespace: str) -> dict[str, Any]:
+    def _list(self, resource: Resource, namespace: str, selector: str | None) -> dict[str, Any]:
+        wanted = dict(term.split("=", 1) for term in selector.split(",")) if selector else {}
         items = [
             copy.deepcopy(obj)
             for (plural, ns, _), obj in sorted(self.objects.items())
-            if plural == resource.plural and (not resource.namespaced or ns == namespace)
+            if plural == resource.plural
+            and (not resource.namespaced or not namespace or ns == namespace)
+            and wanted.items() <= ((obj.get("metadata") or {}).get("labels") or {}).items()
         ]
         return {
             "apiVersion": resource.group_version,
@@ -123,30 +209,82 @@ class FakeApiServer:
             "items": items,
         }
 
-    def _create(self, resource: Resource, namespace: str, body: Any) -> dict[str, Any]:
+    def _check_namespace(self, resource: Resource, namespace: str) -> None:
+        if resource.namespaced and ("namespaces", "", namespace) not in self.objects:
+            raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found')
+
+    def _check_identity(self, resource: Resource, namespace: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or body.get("kind") != resource.kind:
             raise ApiError(400, "BadRequest", f"expected a {resource.kind} object")
+        if body.get("apiVersion") != resource.group_version:
+            raise ApiError(400, "BadRequest", f"expected apiVersion {resource.group_version}")
         meta = body.setdefault("metadata", {})
-        name = meta.get("name")
-        if not name:
+        if not meta.get("name"):
             raise ApiError(422, "Invalid", f"{resource.kind}: metadata.name: Required value")
         if resource.namespaced and meta.setdefault("namespace", namespace) != namespace:
             raise ApiError(400, "BadRequest", "the namespace of the object does not match the URL")
-        key = (resource.plural, namespace if resource.namespaced else "", name)
+        return meta
+
+    def _create(self, resource, namespace, body, manager, dry_run) -> dict[str, Any]:
+        meta = self._check_identity(resource, namespace, body)
+        self._check_namespace(resource, namespace)
+        key = self._key(resource, namespace, meta["name"])
         if key in self.objects:
-            raise ApiError(409, "AlreadyExists", f'{resource.plural} "{name}" already exists')
+            raise ApiError(
+                409, "AlreadyExists", f'{resource.plural} "{meta["name"]}" already exists'
+            )
         if resource.has_status:
             body.pop("status", None)
-        meta.update(
-            uid=str(uuid.uuid4()),
-            resourceVersion=str(next(self._versions)),
-            creationTimestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            generation=1,
-        )
-        self.objects[key] = body
-        return copy.deepcopy(body)
+        stored = fake_ssa.update(None, body, manager, resource.has_status)
+        self._new_metadata(stored)
+        if not dry_run:
+            self.objects[key] = stored
+        return copy.deepcopy(stored)
 
-    def _patch(self, resource, namespace, name, patch, subresource) -> dict[str, Any]:
+    def _apply(self, resource, namespace, name, applied, query, force, dry_run):
+        if not query.get("fieldManager"):
+            raise ApiError(
+                422,
+                "Invalid",
+                'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is'
+                " required for apply patch",
+            )
+        meta = self._check_identity(resource, namespace, applied)
+        if meta["name"] != name:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the name of the object ({meta['name']}) does not match the name on the URL"
+                f" ({name})",
+            )
+        self._check_namespace(resource, namespace)
+        key = self._key(resource, namespace, name)
+        live = self.objects.get(key)
+        try:
+            result = fake_ssa.apply(
+                live, applied, query["fieldManager"], force, resource.has_status
+            )
+        except fake_ssa.Conflict as conflict:
+            causes = [
+                {
+                    "type": "FieldManagerConflict",
+                    "message": f'conflict with "{m}" using {conflict.api_version}',
+                    "field": "." + ".".join(p),
+                }
+                for m, p in conflict.conflicts
+            ]
+            raise ApiError(409, "Conflict", conflict.message, {"causes": causes}) from None
+        if live is None:
+            self._new_metadata(result)
+            code = 201
+        else:
+            self._keep_system_fields(resource, live, result)
+            code = 200
+        if not dry_run:
+            self.objects[key] = result
+        return code, copy.deepcopy(result)
+
+    def _patch(self, resource, namespace, name, patch, subresource, manager) -> dict[str, Any]:
         current = self._read(resource, namespace, name)
         if not isinstance(patch, dict):
             raise ApiError(400, "BadRequest", "a merge patch must be a JSON object")
@@ -154,18 +292,39 @@ class FakeApiServer:
             updated = dict(current, status=_merge(current.get("status") or {}, patch.get("status")))
         else:
             updated = _merge(current, patch)
-            if resource.has_status:  # the main resource never changes status
-                updated.pop("status", None)
-                if "status" in current:
-                    updated["status"] = current["status"]
-            for immutable in ("name", "namespace", "uid", "creationTimestamp", "generation"):
-                if immutable in current["metadata"]:
-                    updated["metadata"][immutable] = current["metadata"][immutable]
-            if updated.get("spec") != current.get("spec"):
-                updated["metadata"]["generation"] = current["metadata"]["generation"] + 1
-        updated["metadata"]["resourceVersion"] = str(next(self._versions))
-        self.objects[(resource.plural, namespace if resource.namespaced else "", name)] = updated
+        updated = fake_ssa.update(current, updated, manager, resource.has_status, subresource)
+        self._keep_system_fields(resource, current, updated, subresource)
+        self.objects[self._key(resource, namespace, name)] = updated
         return copy.deepcopy(updated)
+
+    def _new_metadata(self, obj: dict[str, Any]) -> None:
+        obj["metadata"].update(
+            uid=str(uuid.uuid4()),
+            resourceVersion=str(next(self._versions)),
+            creationTimestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            generation=1,
+        )
+
+    def _keep_system_fields(self, resource, current, updated, subresource: str = "") -> None:
+        """Identity stays; only the status subresource changes status; generation counts
+        changes outside metadata and status; resourceVersion any change."""
+        meta = updated["metadata"]
+        for name in ("name", "namespace", "uid", "creationTimestamp", "generation"):
+            if name in current["metadata"]:
+                meta[name] = current["metadata"][name]
+        if resource.has_status and subresource != "status":
+            updated.pop("status", None)
+            if "status" in current:
+                updated["status"] = current["status"]
+        if _content(updated) != _content(current):
+            meta["generation"] = current["metadata"]["generation"] + 1
+        meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+        if updated != current:
+            meta["resourceVersion"] = str(next(self._versions))
+
+
+def _content(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
 
 def _merge(target: Any, patch: Any) -> Any:
@@ -181,8 +340,26 @@ def _merge(target: Any, patch: Any) -> Any:
     return result
 
 
-def _split(path: str) -> tuple[str | None, list[str]]:
-    parts = [p for p in path.split("?")[0].split("/") if p]
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "BadRequest", f"the body is not JSON: {exc}") from None
+
+
+def _yaml(raw: bytes) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as exc:
+        raise ApiError(400, "BadRequest", f"the body is not YAML: {exc}") from None
+
+
+def _user_agent_manager(headers: dict[str, str]) -> str:
+    """kube-apiserver's default field manager: the User-Agent up to its first slash."""
+    return (headers.get("User-Agent") or "unknown").split("/")[0]
+
+
+def _split(parts: list[str]) -> tuple[str | None, list[str]]:
     if parts[:2] == ["api", "v1"]:
         return "v1", parts[2:]
     if len(parts) >= 3 and parts[0] == "apis":
@@ -200,7 +377,7 @@ def _route(served: list[Resource], segments: list[str]) -> tuple[Resource, str, 
     if plural not in by_plural or len(rest) > 2 or (len(rest) == 2 and rest[1] != "status"):
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
     resource = by_plural[plural]
-    if resource.namespaced != bool(namespace):
+    if resource.namespaced != bool(namespace) and (rest or not resource.namespaced):
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
     subresource = rest[1] if len(rest) == 2 else ""
     if subresource and not resource.has_status:
@@ -240,7 +417,7 @@ def _resource_list(group_version: str, served: list[Resource]) -> dict[str, Any]
 
 
 def _status_body(error: ApiError) -> dict[str, Any]:
-    return {
+    body = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
@@ -249,6 +426,9 @@ def _status_body(error: ApiError) -> dict[str, Any]:
         "reason": error.reason,
         "code": error.code,
     }
+    if error.details:
+        body["details"] = error.details
+    return body
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -260,12 +440,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
-            try:
-                body = json.loads(raw) if raw else None
-            except json.JSONDecodeError as exc:
-                raise ApiError(400, "BadRequest", f"the body is not JSON: {exc}") from None
-            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-            code, payload = self.server.state.handle(self.command, self.path, content_type, body)
+            headers = {k: v for k, v in self.headers.items()}
+            code, payload = self.server.state.handle(self.command, self.path, headers, raw)
         except ApiError as error:
             code, payload = error.code, _status_body(error)
         data = json.dumps(payload).encode()

@@ -1,9 +1,11 @@
-"""The kuberay/ manifests, as the real kustomize renders them: valid for KubeRay's CRDs and for
-Kubernetes, shaped for GKE, and carrying exactly the fleet of serve_config.yaml."""
+"""The kuberay/ manifests, as the real kustomize renders them: valid for KubeRay's CRDs, for
+Kubernetes and for the other CRDs they use, shaped for GKE, pinned to immutable images, and
+carrying exactly the fleet of serve_config.yaml (plus placement)."""
 
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from tests.kuberay.schemas import (
     core_errors,
     crd_errors,
     crd_schema,
+    extra_errors,
     pod_template_errors,
     pod_templates,
 )
@@ -30,6 +33,9 @@ from tests.kuberay.schemas import (
 SERVE_CONFIG = ROOT / "serve_config.yaml"
 PLACEMENT_KEYS = {"uri", "resources", "num_replicas", "autoscaling"}
 ALL = ["base", *OVERLAYS]
+CORE_KINDS = {"Namespace", "ServiceAccount", "NetworkPolicy", "PodDisruptionBudget"}
+# Overlays that only patch the manifests of another one, and so render no serveConfigV2.
+NO_OVERRIDES = {"prod-ha", "prod-incremental", "prod-public"}
 
 
 def serve_config_of(rayservice: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +43,7 @@ def serve_config_of(rayservice: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_overlays_are_the_documented_ones() -> None:
-    assert OVERLAYS == ["dev", "prod", "prod-gcsfuse", "prod-ha", "prod-incremental"]
+    assert OVERLAYS == ["dev", "prod", "prod-gcsfuse", "prod-ha", "prod-incremental", "prod-public"]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -57,10 +63,14 @@ def test_objects_and_pod_templates_are_valid_for_kubernetes(built, name: str) ->
         if obj["kind"] == "RayService":
             for where, template in pod_templates(obj):
                 errors += pod_template_errors(template, where)
-        else:
+        elif obj["kind"] in CORE_KINDS:
             errors += core_errors(obj)
+        else:
+            errors += extra_errors(obj)
     assert errors == []
-    assert sorted(o["kind"] for o in built[name]) == ["Namespace", "RayService", "ServiceAccount"]
+    kinds = {o["kind"] for o in built[name]}
+    assert {"Namespace", "ServiceAccount", "RayService", "NetworkPolicy"} <= kinds
+    assert {"PodDisruptionBudget", "PodMonitoring", "HealthCheckPolicy"} <= kinds
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -76,9 +86,12 @@ def test_serve_config_v2_is_valid_for_serve_and_for_us(built, name: str) -> None
 def test_serve_config_v2_is_serve_config_yaml_but_for_placement(built, name: str) -> None:
     local = yaml.safe_load(SERVE_CONFIG.read_text())
     deployed = serve_config_of(the_rayservice(built[name]))
-    if name == "base":
-        assert deployed == local
-        return
+    if name == "base":  # the base adds placement labels and the ingress's token variable only
+        for local_model, model in zip(local["applications"][0]["args"]["models"],
+                                      deployed["applications"][0]["args"]["models"]):  # fmt: skip
+            selector = model["resources"].pop("label_selector")
+            assert selector == {"ray.io/node-group": "cpu"}
+            assert model == local_model
     local_app, deployed_app = local["applications"][0], deployed["applications"][0]
     for app in (local_app, deployed_app):
         app["args"].pop("ingress", None)
@@ -93,10 +106,7 @@ def test_serve_config_v2_is_serve_config_yaml_but_for_placement(built, name: str
 
 def test_the_committed_serve_config_patches_match_a_fresh_render() -> None:
     rendered = render_all(SERVE_CONFIG, KUBERAY_DIR)
-    assert {r.path.parent.name for r in rendered} == {"base", *OVERLAYS} - {
-        "prod-ha",
-        "prod-incremental",
-    }
+    assert {r.path.parent.name for r in rendered} == {"base", *OVERLAYS} - NO_OVERRIDES
     assert stale_files(rendered) == [], "run: serve-app kuberay render"
 
 
@@ -129,15 +139,28 @@ def test_render_check_on_the_command_line_passes_for_the_committed_tree() -> Non
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_cluster_is_pinned_to_ray_2_60_and_the_project_image(built, name: str) -> None:
+def test_cluster_is_pinned_to_ray_2_60_and_the_project_images(built, name: str) -> None:
     rayservice = the_rayservice(built[name])
     assert '"ray[serve]==2.60.0"' in (ROOT / "pyproject.toml").read_text()
     assert rayservice["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0" == ray.__version__
-    # Every container runs the image set once, in the base's kustomization.
-    (image,) = yaml.safe_load((KUBERAY_DIR / "base" / "kustomization.yaml").read_text())["images"]
-    assert image["newName"].endswith("/serve-app/serve-app")
-    expected = f"{image['newName']}:{image['newTag']}"
-    assert {c["image"] for _, c in containers(rayservice)} == {expected}
+    # The images are set once, in the base's kustomization, each pinned to a version tag
+    # (immutable in the Artifact Registry repository) or a digest; never a moving tag.
+    images = yaml.safe_load((KUBERAY_DIR / "base" / "kustomization.yaml").read_text())["images"]
+    pinned = {}
+    for image in images:
+        assert image["newName"].endswith(f"/serve-app/{image['name']}")
+        if "digest" in image:
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}", image["digest"])
+            pinned[image["name"]] = f"{image['newName']}@{image['digest']}"
+        else:
+            assert re.fullmatch(r"\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?", image["newTag"])
+            pinned[image["name"]] = f"{image['newName']}:{image['newTag']}"
+    assert set(pinned) == {"serve-app-cpu", "serve-app-gpu"}
+    # The GPU image (CUDA) on GPU workers only; the CPU image everywhere else.
+    for where, container in containers(rayservice):
+        gpus = container["resources"]["limits"].get("nvidia.com/gpu")
+        expected = pinned["serve-app-gpu" if gpus else "serve-app-cpu"]
+        assert container["image"] == expected, where
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -220,12 +243,16 @@ def test_prod_gcsfuse_mounts_the_bucket_where_the_models_are(built) -> None:
         ]
 
 
-def test_prod_ha_keeps_gcs_state_in_redis(built) -> None:
+def test_prod_ha_keeps_gcs_state_in_redis_and_spreads_the_cpu_workers(built) -> None:
     spec = the_rayservice(built["prod-ha"])["spec"]
     fault_tolerance = spec["rayClusterConfig"]["gcsFaultToleranceOptions"]
     assert fault_tolerance["redisAddress"].endswith(":6379")
     assert fault_tolerance["redisPassword"]["valueFrom"]["secretKeyRef"]["name"]
     assert spec["excludeHeadPodFromServeSvc"] is True
+    cpu = _groups(built, "prod-ha")["cpu"]
+    assert cpu["minReplicas"] >= 2 and cpu["replicas"] >= 2  # an ingress replica outlives a pod
+    spread = cpu["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} >= {"topology.kubernetes.io/zone"}
     assert (
         "gcsFaultToleranceOptions" not in the_rayservice(built["prod"])["spec"]["rayClusterConfig"]
     )

@@ -75,6 +75,40 @@ def test_later_layers_win() -> None:
     assert models["a"]["uri"] == "/mnt/models/a"
 
 
+CPU = {"ray.io/node-group": "cpu"}
+GPU = {"ray.io/node-group": "gpu-l4"}
+
+
+def test_placement_labels_go_by_the_final_num_gpus_and_reach_pools_and_the_ingress() -> None:
+    config = dict(SERVE_CONFIG)
+    app = dict(config["applications"][0])
+    pool = {"name": "p", "framework": "tensorflow", "uri": "repo/p", "resources": {"num_gpus": 1}}
+    app["args"] = dict(app["args"], pools=[pool])
+    config["applications"] = [app]
+    base = Overrides.model_validate({"placement": {"cpu": CPU, "gpu": GPU}})
+    prod = Overrides.model_validate({"models": {"b": {"resources": {"num_gpus": 0.25}}}})
+    args = apply_overrides(config, [base, prod])["applications"][0]["args"]
+    assert models_of({"applications": [{"args": args}]})["a"]["resources"] == {
+        "num_cpus": 0.5, "label_selector": CPU}  # fmt: skip
+    # b moved to the GPU in a later layer: it gets the GPU labels, not the CPU ones.
+    assert args["models"][1]["resources"] == {"num_gpus": 0.25, "label_selector": GPU}
+    assert args["pools"][0]["resources"] == {"num_gpus": 1, "label_selector": GPU}
+    assert args["ingress"] == {"label_selector": CPU}
+
+
+def test_a_label_selector_of_its_own_wins_and_no_placement_changes_nothing() -> None:
+    own = {"zone": "us-central1-a"}
+    layer = Overrides.model_validate(
+        {"placement": {"cpu": CPU}, "ingress": {"label_selector": own},
+         "models": {"a": {"resources": {"label_selector": own}}}}
+    )  # fmt: skip
+    config = apply_overrides(SERVE_CONFIG, [layer])
+    assert models_of(config)["a"]["resources"]["label_selector"] == own
+    assert models_of(config)["b"]["resources"] == {"label_selector": CPU}
+    assert config["applications"][0]["args"]["ingress"] == {"label_selector": own}
+    assert apply_overrides(SERVE_CONFIG, [Overrides()]) == SERVE_CONFIG
+
+
 def test_unknown_models_are_named() -> None:
     layer = Overrides.model_validate({"models": {"gpt2": {"uri": "x"}}})
     with pytest.raises(RenderError, match=r"unknown models: gpt2 \(models in serve_config.yaml"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.kuberay.status import assess, describe
+from serve_app.kuberay.status import assess, describe, pod_problems, summary
 
 
 def rayservice(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
@@ -97,3 +97,63 @@ def test_describe_lists_clusters_applications_and_deployments() -> None:
         "      digits: UNHEALTHY - replica died",
         "      minilm: HEALTHY",
     ]
+
+
+def pod(name: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": status}
+
+
+def test_pod_problems_say_what_each_unready_pod_waits_for() -> None:
+    unschedulable = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+    }
+    missing_secret = {
+        "name": "ray-worker",
+        "state": {
+            "waiting": {
+                "reason": "CreateContainerConfigError",
+                "message": 'secret "serve-app-tokens" not found',
+            }
+        },
+    }
+    pods = [
+        pod("gpu", phase="Pending", conditions=[unschedulable]),
+        pod("cpu", phase="Pending", conditions=[{"type": "PodScheduled", "status": "True"}],
+            containerStatuses=[missing_secret]),
+        pod("starting", phase="Running", conditions=[{"type": "Ready", "status": "False"}]),
+        pod("ready", phase="Running", conditions=[{"type": "Ready", "status": "True"}]),
+        pod("done", phase="Succeeded"),
+    ]  # fmt: skip
+    assert pod_problems(pods) == [
+        "gpu: Pending, Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+        'cpu: Pending, ray-worker CreateContainerConfigError: secret "serve-app-tokens" not found',
+        "starting: Running, not ready yet",
+    ]
+    status = {"conditions": [ready_condition("False", "Initializing")]}
+    text = describe(rayservice(status), pods)
+    assert text.splitlines()[-4:] == [
+        "  pods not ready:",
+        *(f"    {p}" for p in pod_problems(pods)),
+    ]
+
+
+def test_summary_is_the_status_as_json() -> None:
+    deployments = {"digits": {"status": "HEALTHY"}}
+    status = {
+        "observedGeneration": 1,
+        "numServeEndpoints": 2,
+        "conditions": [ready_condition("True")],
+        "activeServiceStatus": apps("RUNNING", deployments=deployments),
+    }
+    assert summary(rayservice(status)) == {
+        "name": "serve-app", "namespace": "serve-app", "ready": True, "phase": "ready",
+        "reason": "NonZeroServeEndpoints", "generation": 1, "observedGeneration": 1,
+        "serveEndpoints": 2, "podsNotReady": [],
+        "clusters": {"active": {"name": "serve-app-raycluster-x", "applications": {"models": {
+            "status": "RUNNING", "message": "",
+            "deployments": {"digits": {"status": "HEALTHY", "message": ""}}}}}},
+    }  # fmt: skip
+    assert summary(rayservice(None))["phase"] == "no-status"
