@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
-import numpy as np
 from ray import serve
 
-from deployments.batcher import DynamicBatcher
-from deployments.batching import BatchItem
-from deployments.host import ModelHost, run_batch
+from deployments.core import Answer, ReplicaCore
+from deployments.host import ModelHost
 from deployments.servable import Servable
 from serve_app.config import ModelSpec, StoreSpec, parse_hot_settings
 from serve_app.request import PredictRequest
@@ -35,23 +32,11 @@ class ModelDeployment:
         spec = ModelSpec.model_validate(settings)
         self.name = spec.name
         self._base_hot = hot_settings
-        # One thread: model calls run off the event loop, one batch at a time.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-infer")
         hot = parse_hot_settings(hot_settings, self.name)
-        self._batcher = DynamicBatcher(
-            self._run_batch,
-            rows_of,
-            hot.batching.max_batch_size,
-            hot.batching.batch_wait_timeout_s,
+        self.core = ReplicaCore(
+            self.name, hot.batching.max_batch_size, hot.batching.batch_wait_timeout_s
         )
-        self.host = ModelHost(
-            spec,
-            store_settings,
-            hot,
-            self.servable_class,
-            self._executor,
-            self._submit,
-        )
+        self.host = ModelHost(spec, store_settings, hot, self.servable_class, self.core.executor)
         self.host.initial_load()
 
     # --- Serve hooks ---------------------------------------------------------------------
@@ -60,28 +45,23 @@ class ModelDeployment:
         """Apply hot settings at once; version changes load in the background, never here
         (Serve takes the replica out of rotation while this runs)."""
         hot = parse_hot_settings(user_config, self.name, self._base_hot)
-        self._batcher.configure(hot.batching.max_batch_size, hot.batching.batch_wait_timeout_s)
+        self.core.configure(hot.batching.max_batch_size, hot.batching.batch_wait_timeout_s)
         self.host.apply_hot(hot)
 
     def check_health(self) -> None:
         """Healthy while some version can answer."""
         self.host.check_health()
 
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Requests (not handle calls) in this replica: what autoscaling should count."""
+        return autoscaling_stats(self.core)
+
     # --- requests ------------------------------------------------------------------------
 
-    async def predict(self, request: PredictRequest) -> dict[str, np.ndarray]:
-        """Validate one request, batch its rows with other requests', return its outputs."""
-        return (await self.host.predict_versioned(request))[1]
-
-    async def predict_versioned(self, request: PredictRequest) -> tuple[int, dict[str, np.ndarray]]:
-        """``predict``, and the version that answered (protocols that report it)."""
-        return await self.host.predict_versioned(request)
-
-    async def _submit(self, item: BatchItem) -> dict[str, np.ndarray]:
-        return await self._batcher.submit(item)
-
-    async def _run_batch(self, items: list[BatchItem]) -> list[Any]:
-        return await run_batch(items, self._executor, f"deployment '{self.name}'")
+    async def predict_many(self, requests: list[PredictRequest]) -> list[Answer]:
+        """Answer the requests of one coalesced call, each on its own: (version, outputs)
+        or that request's error."""
+        return await self.core.predict_many(self.host, requests)
 
     async def generate_stream(
         self, text: str, max_new_tokens: int, parameters: dict[str, Any]
@@ -116,15 +96,19 @@ class ModelDeployment:
         return {
             "model_stats": [self.host.stats_json()],
             "batching": self.host.hot.batching.model_dump(),
+            "coalescing": self.core.report(),
             "load_seconds": round(self.host.load_seconds, 3),
             "versions": self.host.table.statuses(),
             **replica_report(),
         }
 
 
-def rows_of(item: BatchItem) -> int:
-    """A batch counts rows (instances), not requests."""
-    return item.rows
+def autoscaling_stats(core: ReplicaCore) -> dict[str, float]:
+    """Serve's custom autoscaling metric: requests in this replica, however many calls
+    carried them (``serve_app.autoscaling`` sums it over replicas)."""
+    from serve_app.autoscaling import REQUESTS_METRIC
+
+    return {REQUESTS_METRIC: float(core.ongoing)}
 
 
 def replica_report() -> dict[str, Any]:

@@ -59,8 +59,11 @@ class DynamicBatcher(Generic[Item]):
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
 
-    async def submit(self, item: Item) -> Any:
-        """Queue one item and wait for its result (raised if it is an Exception)."""
+    def enqueue(self, item: Item) -> asyncio.Future:
+        """Queue one item; the returned future gets its result (an Exception for an error).
+
+        Call on the event loop. A cancelled future's item is dropped before it runs.
+        """
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._arrival = asyncio.Event()
@@ -71,7 +74,11 @@ class DynamicBatcher(Generic[Item]):
         self._queued_rows += rows
         assert self._arrival is not None
         self._arrival.set()
-        result = await waiting.future
+        return waiting.future
+
+    async def submit(self, item: Item) -> Any:
+        """Queue one item and wait for its result (raised if it is an Exception)."""
+        result = await self.enqueue(item)
         if isinstance(result, Exception):
             raise result
         return result

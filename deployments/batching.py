@@ -22,6 +22,7 @@ class BatchItem:
     group: str = ""  # items share a model call only if their groups are equal
     version: int = 0  # the model version that answers this item
     host: Any = None  # the ModelHost of the model that answers it (pools hold many)
+    deadline: float | None = None  # time.time() past which nobody waits for it
 
 
 def parameters_key(parameters: dict[str, Any]) -> str:

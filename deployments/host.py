@@ -4,18 +4,19 @@ A dedicated deployment holds one ``ModelHost``; a pool replica holds one per mod
 loaded. The host keeps the wanted versions current while serving: a new version (from
 polling the repository or from a ``user_config`` change) loads beside the serving one, is
 warmed up, then takes over; the old one is released once its in-flight requests finish.
-Requests are prepared here and handed, as ``BatchItem``s, to the replica's batcher.
+Requests are checked here and handed, as ``BatchItem``s, to the replica's batcher
+(``deployments/core.py``), which answers each one on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,15 +24,12 @@ import numpy as np
 from deployments.batching import (
     BatchItem,
     BatchStats,
-    concat_inputs,
     concat_outputs,
-    group_compatible,
     parameters_key,
     slice_rows,
-    split_outputs,
 )
 from deployments.servable import Servable
-from deployments.signature import prepare_inputs, requested_outputs, squeeze_outputs
+from deployments.signature import PreparedInputs, prepare_inputs, requested_outputs
 from deployments.versions import AVAILABLE, END, LOADING, UNLOADING, ModelVersion, VersionTable
 from serve_app import metrics
 from serve_app.config import HotSettings, ModelSpec, StoreSpec
@@ -41,7 +39,18 @@ from serve_app.store import open_store, select_versions, store_notice
 
 logger = logging.getLogger("ray.serve")
 
-Submit = Callable[[BatchItem], Awaitable[dict[str, np.ndarray]]]
+Enqueue = Callable[[BatchItem], "asyncio.Future"]
+
+
+@dataclass
+class Pending:
+    """A request that passed its checks, its rows queued for batching as ``futures``."""
+
+    version: ModelVersion
+    futures: list[asyncio.Future]
+    outputs: list[str]  # the output names to answer with
+    prepared: PreparedInputs  # restores the outputs to the shape the request was sent in
+    finished: bool = False
 
 
 class ModelHost:
@@ -54,7 +63,6 @@ class ModelHost:
         hot: HotSettings,
         servable_class: type[Servable],
         executor: Executor,
-        submit: Submit,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -65,10 +73,11 @@ class ModelHost:
         self._servable_class = servable_class
         # The replica's inference thread: servables run their model calls there.
         self._executor = executor
-        self._submit = submit
         self._store = open_store(spec.uri, store_settings)
         self._wake: asyncio.Event | None = None
         self._maintainer: asyncio.Task | None = None
+        self._loading: asyncio.Future | None = None
+        self.closed = False  # unload_all ran: nothing loads or serves any more
 
     # --- loading and unloading ---------------------------------------------------------
 
@@ -100,14 +109,21 @@ class ModelHost:
         version = ModelVersion(number, LOADING, attempts=attempts)
         self.table.versions[number] = version
         started = time.monotonic()
+        fetched = False
         try:
             path = self._store.fetch(number)
+            fetched = True
             if self._store.last_fetch_cached is not None:
                 metrics.record_cache_fetch(self.name, self._store.last_fetch_cached)
             version.notice = store_notice(self._store)
             servable = self._servable_class(self.spec, path, self._executor)
-            servable.warm_up()
+            # Warmed up on the inference thread: torch's OpenMP threads belong to the thread
+            # that first computes, and a model first run on another thread computes about
+            # 1.5x slower on the inference thread ever after (bench/NOTES.md).
+            self._executor.submit(servable.warm_up).result()
         except Exception as exc:  # any failure leaves the serving versions as they are
+            if fetched:  # a version that will not serve keeps no cache lease
+                self._store.release(number)
             reason = str(exc) if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
             version.error = (
                 f"model '{self.name}' version {number} at {self.spec.uri} failed to load: {reason}"
@@ -142,9 +158,13 @@ class ModelHost:
         logger.info("model '%s' version %d unloaded", self.name, number)
 
     async def unload_all(self) -> None:
-        """Stop maintaining the model and unload every version (after its requests finish)."""
+        """Stop maintaining the model and unload every version (after its requests finish),
+        a version still loading included: once it has loaded, it is unloaded at once."""
+        self.closed = True
         if self._maintainer is not None:
             self._maintainer.cancel()
+        if self._loading is not None:
+            await asyncio.gather(self._loading, return_exceptions=True)
         for number, version in list(self.table.versions.items()):
             if version.state in (AVAILABLE, UNLOADING):
                 await self._unload(number)
@@ -159,9 +179,15 @@ class ModelHost:
         for number in [v for v, mv in self.table.versions.items() if v not in available]:
             if self.table.versions[number].state == END:
                 del self.table.versions[number]  # gone from the repository: forget it
+        for number in self.table.available():  # e.g. "serving from cache" ends with an outage
+            self.table.versions[number].notice = store_notice(self._store, number)
         wanted = self._wanted(available)
         for number in self.table.to_load(wanted, time.monotonic()):
-            await asyncio.to_thread(self._load, number)
+            if self.closed:
+                return
+            # Kept, so that unload_all can wait for a load a cancelled maintainer started.
+            self._loading = asyncio.ensure_future(asyncio.to_thread(self._load, number))
+            await asyncio.shield(self._loading)
         for number in self.table.to_unload(wanted):
             await self._unload(number)
 
@@ -209,10 +235,16 @@ class ModelHost:
         finally:
             version.in_flight -= 1
 
-    async def predict_versioned(self, request: PredictRequest) -> tuple[int, dict[str, np.ndarray]]:
-        """Validate one request, batch its rows with other requests' and return its outputs,
-        with the version that answered (protocols that report it)."""
-        with self.using(request) as version:
+    def begin(self, request: PredictRequest, enqueue: Enqueue) -> Pending:
+        """Validate one request and queue its rows for batching; ``finish`` answers it.
+
+        Raises the request's own error (400, 404, ...) before anything is queued. The version
+        it resolves to stays loaded until ``finish`` or ``abandon``.
+        """
+        wanted = self._wanted(list(self.table.versions))
+        version = self.table.resolve(request.version, request.label, self.hot.labels, wanted)
+        version.in_flight += 1
+        try:
             servable = version.servable
             signature = servable.signature(request.signature_name)
             raw = request.inputs
@@ -220,27 +252,56 @@ class ModelHost:
                 raw = servable.example_inputs(signature, request.method, request.examples or [])
             prepared = prepare_inputs(signature, raw, request.exact_dtypes)
             servable.check_request(prepared.tensors, request.parameters)
-            wanted = requested_outputs(signature, request.outputs)
+            outputs = requested_outputs(signature, request.outputs)
             # A request larger than one batch is cut into batch-sized chunks.
             limit, rows = self.hot.batching.max_batch_size, prepared.rows
             # Only items of this host and version share a model call.
             group = f"{id(self)}:{version.number}:{parameters_key(request.parameters)}"
-            chunks = [
-                BatchItem(
-                    signature.name,
-                    slice_rows(prepared.tensors, start, min(start + limit, rows)),
-                    min(limit, rows - start),
-                    request.parameters,
-                    group,
-                    version.number,
-                    self,
+            futures = [
+                enqueue(
+                    BatchItem(
+                        signature.name,
+                        slice_rows(prepared.tensors, start, min(start + limit, rows))
+                        if rows > limit
+                        else prepared.tensors,
+                        min(limit, rows - start),
+                        request.parameters,
+                        group,
+                        version.number,
+                        self,
+                        request.deadline,
+                    )
                 )
                 for start in range(0, rows, limit)
             ]
-            outputs = concat_outputs(list(await asyncio.gather(*map(self._submit, chunks))))
-        outputs = {name: outputs[name] for name in wanted}
+        except BaseException:
+            version.in_flight -= 1
+            raise
+        return Pending(version, futures, outputs, prepared)
+
+    def finish(self, pending: Pending) -> tuple[int, dict[str, np.ndarray]] | ServingError:
+        """The answer of a begun request whose batch items are all done."""
+        pending.finished = True
+        pending.version.in_flight -= 1
+        parts = []
+        for future in pending.futures:
+            result = future.result()
+            if isinstance(result, ServingError):
+                return result
+            if isinstance(result, Exception):
+                return ServingError(f"model '{self.name}' failed: {type(result).__name__}")
+            parts.append(result)
+        outputs = concat_outputs(parts)
+        outputs = {name: outputs[name] for name in pending.outputs}
         # TF Serving answers a scalar-per-instance request with scalars per instance.
-        return version.number, squeeze_outputs(outputs) if prepared.expanded else outputs
+        return pending.version.number, pending.prepared.restore(outputs)
+
+    def abandon(self, pending: Pending) -> None:
+        """Give up on a begun request (its call was cancelled): drop its queued rows."""
+        pending.finished = True
+        pending.version.in_flight -= 1
+        for future in pending.futures:
+            future.cancel()
 
     async def generate_stream(
         self, text: str, max_new_tokens: int, parameters: dict[str, Any]
@@ -293,38 +354,3 @@ class ModelHost:
         """Batching statistics in the shape of one entry of Triton's ``model_stats``."""
         serving = self.table.default(self._wanted(list(self.table.versions)))
         return {"name": self.name, "version": str(serving.number), **self.stats.to_json()}
-
-
-async def run_batch(
-    items: list[BatchItem], executor: Executor, replica: str
-) -> list[dict[str, np.ndarray] | Exception]:
-    """Run one dynamic batch: each group of compatible items (one model, one version, equal
-    parameters) is one model call on the inference thread. A failing call answers its own
-    items with the error, nothing else."""
-    results: list[Any] = [None] * len(items)
-    loop = asyncio.get_running_loop()
-    for group in group_compatible(items):
-        members = [items[i] for i in group]
-        host: ModelHost = members[0].host
-        # In-flight requests keep their version loaded until they are answered.
-        servable = host.table.versions[members[0].version].servable
-        call = functools.partial(
-            servable.infer, members[0].signature, concat_inputs(members), members[0].parameters
-        )
-        try:
-            outputs = await loop.run_in_executor(executor, call)
-        except ServingError as exc:
-            outputs = exc
-        except Exception as exc:
-            logger.exception("%s: model '%s' failed on a batch", replica, host.name)
-            outputs = ServingError(f"model '{host.name}' failed: {type(exc).__name__}: {exc}")
-        if isinstance(outputs, Exception):
-            for i in group:
-                results[i] = outputs
-            continue
-        rows = sum(m.rows for m in members)
-        host.stats.record(rows)
-        metrics.record_batch(host.name, rows, len(members))
-        for i, part in zip(group, split_outputs(outputs, [m.rows for m in members])):
-            results[i] = part
-    return results

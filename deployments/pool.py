@@ -24,13 +24,11 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 from ray import serve
 
-from deployments.base import replica_report, rows_of
-from deployments.batcher import DynamicBatcher
-from deployments.batching import BatchItem
-from deployments.host import ModelHost, run_batch
+from deployments.base import autoscaling_stats, replica_report
+from deployments.core import Answer, ReplicaCore
+from deployments.host import ModelHost
 from deployments.servable import Servable
 from deployments.versions import RETRY_FAILED_AFTER_S
 from serve_app import metrics
@@ -128,15 +126,11 @@ class PoolReplica:
         self._base_hot = hot_settings
         self.hot = parse_hot_settings(hot_settings, self.name)
         self._servable_class = servable_class_for(self.pool.framework)
-        # One inference thread for every model (one batch at a time, as a dedicated
-        # replica), and loader threads so that loads never wait for each other.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-infer")
-        # Items of different models share a batch window but never a model call.
-        self._batcher = DynamicBatcher(
-            self._run_batch,
-            rows_of,
-            self.hot.batching.max_batch_size,
-            self.hot.batching.batch_wait_timeout_s,
+        # One inference thread and batcher for every model (one batch at a time, as a
+        # dedicated replica; items of different models share a batch window but never a
+        # model call), and loader threads so that loads never wait for each other.
+        self.core = ReplicaCore(
+            self.name, self.hot.batching.max_batch_size, self.hot.batching.batch_wait_timeout_s
         )
         self._loader = ThreadPoolExecutor(
             max_workers=self.pool.max_concurrent_loads, thread_name_prefix=f"{self.name}-load"
@@ -162,8 +156,7 @@ class PoolReplica:
             self.store_settings,
             self.hot,
             self._servable_class,
-            self._executor,
-            self._submit,
+            self.core.executor,
         )
 
     def _open(self, model: str) -> PoolEntry:
@@ -235,7 +228,7 @@ class PoolReplica:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Hot settings for every model of the pool (batching, version policy, polling)."""
         self.hot = parse_hot_settings(user_config, self.name, self._base_hot)
-        self._batcher.configure(
+        self.core.configure(
             self.hot.batching.max_batch_size, self.hot.batching.batch_wait_timeout_s
         )
         for entry in self.entries.values():
@@ -244,17 +237,14 @@ class PoolReplica:
 
     # --- requests --------------------------------------------------------------------------
 
-    async def predict(self, request: PredictRequest) -> dict[str, np.ndarray]:
-        return (await (await self._host()).predict_versioned(request))[1]
+    async def predict_many(self, requests: list[PredictRequest]) -> list[Answer]:
+        """The requests of one coalesced call for one model of the pool (the multiplexed
+        model id), each answered on its own."""
+        return await self.core.predict_many(await self._host(), requests)
 
-    async def predict_versioned(self, request: PredictRequest) -> tuple[int, dict[str, np.ndarray]]:
-        return await (await self._host()).predict_versioned(request)
-
-    async def _submit(self, item: BatchItem) -> dict[str, np.ndarray]:
-        return await self._batcher.submit(item)
-
-    async def _run_batch(self, items: list[BatchItem]) -> list[Any]:
-        return await run_batch(items, self._executor, f"pool '{self.name}'")
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Requests (not handle calls) in this replica: what autoscaling should count."""
+        return autoscaling_stats(self.core)
 
     async def generate_stream(
         self, text: str, max_new_tokens: int, parameters: dict[str, Any]
@@ -284,6 +274,7 @@ class PoolReplica:
         return {
             "model_stats": [host.stats_json()],
             "batching": self.hot.batching.model_dump(),
+            "coalescing": self.core.report(),
             "load_seconds": round(host.load_seconds, 3),
             "versions": host.table.statuses(),
             "pool": self.pool_report(),

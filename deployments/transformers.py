@@ -30,6 +30,9 @@ INT32 = np.dtype("int32")
 FLOAT32 = np.dtype("float32")
 DEFAULT_MAX_NEW_TOKENS = 32
 MAX_NEW_TOKENS_LIMIT = 1024
+# No token of these tokenizers spans more characters (WordPiece reads at most 100 per word),
+# so a text cut at this many characters per token of context tokenizes as the whole text.
+MAX_CHARS_PER_TOKEN = 100
 
 
 def _spec(name: str, dtype: np.dtype, shape: tuple[int, ...], **kw: Any) -> TensorSpec:
@@ -110,6 +113,10 @@ class TransformersModel(Servable):
         return row
 
     def check_request(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]) -> None:
+        """Every text is valid Unicode (UTF-8 for bytes) before it can join a batch, where a
+        text the tokenizer cannot take would fail its batch mates too; generation prompts
+        must leave room for ``max_new_tokens`` in the model's context."""
+        texts = check_texts(inputs["text"], "text")
         if self.spec.task != "text-generation":
             super().check_request(inputs, parameters)
             return
@@ -117,7 +124,17 @@ class TransformersModel(Servable):
         budgets = inputs["max_new_tokens"]
         if budgets.min() < 1 or budgets.max() > MAX_NEW_TOKENS_LIMIT:
             raise InvalidInput(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}")
-        lengths = [len(ids) for ids in self._tokenizer(_texts(inputs["text"]))["input_ids"]]
+        limit = self._max_length * MAX_CHARS_PER_TOKEN
+        for row, text in enumerate(texts):
+            if len(text) > limit:  # refused before tokenizing megabytes
+                raise InvalidInput(
+                    f"text[{row}] has {len(text)} characters, more than the model's context of"
+                    f" {self._max_length} tokens can hold"
+                )
+        # Each distinct prompt is tokenized once (completions repeat a prompt n times).
+        distinct = list(dict.fromkeys(texts))
+        counts = dict(zip(distinct, map(len, self._tokenizer(distinct)["input_ids"])))
+        lengths = [counts[text] for text in texts]
         for row, (length, budget) in enumerate(zip(lengths, budgets.tolist())):
             if length + budget > self._max_length:
                 raise InvalidInput(
@@ -138,6 +155,9 @@ class TransformersModel(Servable):
             return self._generate(texts, inputs["max_new_tokens"], settings)
 
     def _encode(self, texts: list[str]) -> Any:
+        # The tokenizer reads a whole text before truncating it: cut what cannot fit first.
+        limit = self._max_length * MAX_CHARS_PER_TOKEN
+        texts = [text[:limit] for text in texts]
         encoded = self._tokenizer(
             texts, padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
         )
@@ -274,6 +294,24 @@ class TransformersModel(Servable):
 
 def _texts(column: np.ndarray) -> list[str]:
     return [t.decode() if isinstance(t, bytes) else t for t in column.tolist()]
+
+
+def check_texts(column: np.ndarray, name: str) -> list[str]:
+    """The texts of a string input, or 400 naming the first one that is not valid Unicode:
+    bytes that are not UTF-8, or a string holding a lone surrogate (JSON ``"\\ud800"``)."""
+    texts = []
+    for row, value in enumerate(column.reshape(-1).tolist()):
+        try:
+            text = value.decode("utf-8") if isinstance(value, bytes) else value
+            text.encode("utf-8")
+        except UnicodeError as exc:
+            kind = "UTF-8" if isinstance(value, bytes) else "Unicode (no lone surrogates)"
+            raise InvalidInput(
+                f"input '{name}'[{row}] is not valid {kind} text: {exc.reason} at position"
+                f" {exc.start}"
+            ) from None
+        texts.append(text)
+    return texts
 
 
 class TransformersReplica(ModelDeployment):

@@ -9,6 +9,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
+from serve_app.autoscaling import POLICY as AUTOSCALING_POLICY
 from serve_app.config import (
     AppConfig,
     ConfigError,
@@ -36,7 +37,7 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         for spec in config.models
     }
-    kinds = {spec.name: spec.kind for spec in config.models}
+    routes = {spec.name: route_settings(spec) for spec in config.models}
     pools = {
         pool.name: pool_deployment(pool).bind(
             spec_for_replica(pool, config.store), pool.hot_settings().model_dump()
@@ -44,11 +45,24 @@ def build_app(args: dict[str, Any]) -> Application:
         for pool in config.pools
     }
     pool_settings = {
-        pool.name: {"kind": pool.kind, "discovery_interval_s": pool.discovery_interval_s}
+        pool.name: {
+            "kind": pool.kind,
+            "discovery_interval_s": pool.discovery_interval_s,
+            "route": route_settings(pool),
+        }
         for pool in config.pools
     }
     ingress = _ingress_deployment(config)
-    return ingress.bind(handles, kinds, config.ingress.model_dump(), pools, pool_settings)
+    return ingress.bind(handles, routes, config.ingress.model_dump(), pools, pool_settings)
+
+
+def route_settings(spec: ModelSpec | PoolSpec) -> dict[str, Any]:
+    """What the ingress needs to know of a model (or pool) to route and coalesce for it."""
+    return {
+        "kind": spec.kind,
+        "max_batch_size": spec.batching.max_batch_size,
+        "max_queued_requests": spec.max_queued_requests,
+    }
 
 
 def model_deployment(spec: ModelSpec) -> Deployment:
@@ -110,10 +124,11 @@ def _deployment_options(spec: ModelSpec | PoolSpec) -> dict[str, Any]:
         "max_ongoing_requests": spec.effective_max_ongoing_requests(),
         "max_constructor_retry_count": MAX_LOAD_ATTEMPTS,
     }
-    if spec.max_queued_requests is not None:
-        options["max_queued_requests"] = spec.max_queued_requests
     if spec.autoscaling is not None:
-        options["autoscaling_config"] = spec.autoscaling.model_dump(exclude_none=True)
+        autoscaling = spec.autoscaling.model_dump(exclude_none=True)
+        # Requests arrive coalesced into few handle calls: scale on requests, not calls.
+        autoscaling["policy"] = {"policy_function": AUTOSCALING_POLICY}
+        options["autoscaling_config"] = autoscaling
     else:
         options["num_replicas"] = spec.num_replicas or 1
     return options
@@ -143,9 +158,12 @@ def spec_for_replica(spec: ModelSpec | PoolSpec, store: StoreSpec | None = None)
 def _ingress_deployment(config: AppConfig) -> Deployment:
     from serve_app.ingress import Ingress
 
+    actor_options: dict[str, Any] = {"num_cpus": config.ingress.num_cpus}
+    if config.ingress.label_selector:
+        actor_options["label_selector"] = dict(config.ingress.label_selector)
     return Ingress.options(
         name=INGRESS_NAME,
         num_replicas=config.ingress.num_replicas,
-        ray_actor_options={"num_cpus": config.ingress.num_cpus},
+        ray_actor_options=actor_options,
         max_ongoing_requests=1000,
     )

@@ -1,4 +1,5 @@
-"""The project's command line: ``serve-app kuberay render | apply | status``.
+"""The project's command line: ``serve-app kuberay render | apply | status``,
+``serve-app import-tfserving``.
 
 Thin on purpose: parsing and printing here, the work in ``serve_app.kuberay``.
 """
@@ -6,6 +7,7 @@ Thin on purpose: parsing and printing here, the work in ``serve_app.kuberay``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -13,10 +15,14 @@ from pathlib import Path
 import yaml
 
 from serve_app.kuberay import cluster, kustomize
+from serve_app.kuberay.diff import object_diff
 from serve_app.kuberay.render import RenderError, render_all, stale_files, write_rendered
-from serve_app.kuberay.status import describe
+from serve_app.kuberay.status import assess, describe, summary
+from serve_app.tfserving_import import ImportRefused, import_tfserving, render
 
 DEFAULT_NAME = "serve-app"
+NOT_READY = 3  # `kuberay status`: the RayService exists but is not ready (or failed)
+INTERRUPTED = 130  # Ctrl+C, as a shell reports SIGINT
 
 
 class InputError(ValueError):
@@ -24,11 +30,21 @@ class InputError(ValueError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; 0 on success, 1 on an expected failure (message on stderr), 2 on usage."""
+    """Run one command; 0 on success, 1 on an expected failure (message on stderr), 2 on usage,
+    3 when ``kuberay status`` finds the service not ready, 130 on Ctrl+C."""
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (cluster.ClusterError, kustomize.KustomizeError, RenderError, InputError) as exc:
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{getattr(args, 'interrupted_hint', '')}", file=sys.stderr)
+        return INTERRUPTED
+    except (
+        cluster.ClusterError,
+        kustomize.KustomizeError,
+        RenderError,
+        InputError,
+        ImportRefused,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -58,26 +74,48 @@ def _apply(args: argparse.Namespace) -> int:
     api = cluster.connect(args.kubeconfig, args.context)
     if any(o.get("kind") == "RayService" for o in objects):
         cluster.require_rayservice_crd(api)
-    for line in cluster.apply_objects(api, objects, args.namespace):
-        print(line, flush=True)
-    for rayservice in (o for o in objects if o.get("kind") == "RayService"):
-        name = rayservice["metadata"]["name"]
-        namespace = rayservice["metadata"].get("namespace") or args.namespace or "default"
+    dry_run = args.dry_run or args.diff
+    applied = cluster.apply_objects(
+        api, objects, args.namespace, dry_run=dry_run, force_conflicts=args.force_conflicts
+    )
+    if args.diff:
+        diffs = [object_diff(a) for a in applied if a.action != "unchanged"]
+        sys.stdout.write("".join(diffs) if diffs else "no changes\n")
+        return 0
+    for item in applied:
+        print(f"{item.label} {item.action}{' (server dry run)' if dry_run else ''}", flush=True)
+    if dry_run:
+        return 0
+    for item in (a for a in applied if a.kind == "RayService"):
         if args.wait_s > 0:
+            args.interrupted_hint = (
+                f": stopped waiting; the RayService keeps rolling out"
+                f" (check: serve-app kuberay status -n {item.namespace} --name {item.name})"
+            )
             current = cluster.wait_until_ready(
-                api, name, namespace, args.wait_s, args.poll_s, lambda line: print(line, flush=True)
+                api,
+                item.name,
+                item.namespace,
+                args.wait_s,
+                args.poll_s,
+                lambda line: print(line, flush=True),
             )
         else:
-            current = cluster.get_rayservice(api, name, namespace)
-        print(describe(current))
+            current = cluster.get_rayservice(api, item.name, item.namespace)
+        print(describe(current, cluster.cluster_pods(api, current)))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     api = cluster.connect(args.kubeconfig, args.context)
     cluster.require_rayservice_crd(api)
-    print(describe(cluster.get_rayservice(api, args.name, args.namespace)))
-    return 0
+    rayservice = cluster.get_rayservice(api, args.name, args.namespace)
+    pods = cluster.cluster_pods(api, rayservice)
+    if args.output == "json":
+        print(json.dumps(summary(rayservice, pods), indent=2))
+    else:
+        print(describe(rayservice, pods))
+    return 0 if assess(rayservice).phase == "ready" else NOT_READY
 
 
 def _refuse_stale_render(args: argparse.Namespace) -> None:
@@ -101,6 +139,28 @@ def _read_manifests(filename: str) -> list[dict]:
         raise InputError(f"cannot read {filename}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{filename}: not valid YAML: {exc}") from None
+
+
+def _import_tfserving(args: argparse.Namespace) -> int:
+    model_config = _read_text(args.model_config)
+    batching = _read_text(args.batching_config) if args.batching_config else None
+    imported = import_tfserving(model_config, batching, args.file_system_poll_wait_seconds)
+    text = render(imported, Path(args.model_config).name, args.http_port)
+    for note in imported.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{args.out}: written ({len(imported.args['models'])} models)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _read_text(filename: str) -> str:
+    try:
+        return Path(filename).read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read {filename}: {exc.strerror}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,7 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     apply = actions.add_parser(
         "apply",
         parents=[sources, connection],
-        help="create or patch the RayService, wait until it is ready",
+        help="server-side apply an overlay's objects, wait until the RayService is ready",
     )
     what = apply.add_mutually_exclusive_group(required=True)
     what.add_argument(
@@ -159,15 +219,68 @@ def _parser() -> argparse.ArgumentParser:
         " (%(default)s)",
     )
     apply.add_argument("--poll-s", type=float, default=5, help=argparse.SUPPRESS)
+    check = apply.add_mutually_exclusive_group()
+    check.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="let the API server check and merge everything, store nothing (dryRun=All)",
+    )
+    check.add_argument(
+        "--diff",
+        action="store_true",
+        help="print what the apply would change (live vs the server's dry run); apply nothing",
+    )
+    apply.add_argument(
+        "--force-conflicts",
+        action="store_true",
+        help="take over fields that another field manager (kubectl edit, ...) changed",
+    )
     apply.set_defaults(handler=_apply)
 
     status = actions.add_parser(
-        "status", parents=[connection], help="print the RayService's Serve application status"
+        "status",
+        parents=[connection],
+        help="print the RayService's Serve application status; exit 0 only when ready",
+        description="Exit status: 0 ready, 3 not ready (or an application failed), 1 error.",
     )
     status.add_argument("--name", default=DEFAULT_NAME, help="RayService name (%(default)s)")
     status.add_argument("-n", "--namespace", default=DEFAULT_NAME, help="(%(default)s)")
+    status.add_argument(
+        "-o", "--output", choices=["text", "json"], default="text", help="(%(default)s)"
+    )
     status.set_defaults(handler=_status)
+    _add_import_tfserving(commands)
     return parser
+
+
+def _add_import_tfserving(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "import-tfserving",
+        help="turn a TF Serving model config (and batching parameters) into a serve_config.yaml",
+    )
+    command.add_argument(
+        "--model-config",
+        required=True,
+        metavar="FILE",
+        help="TF Serving's --model_config_file (a model_config_list text proto)",
+    )
+    command.add_argument(
+        "--batching-config",
+        metavar="FILE",
+        help="TF Serving's --batching_parameters_file (BatchingParameters text proto)",
+    )
+    command.add_argument(
+        "--file-system-poll-wait-seconds",
+        type=float,
+        default=1.0,
+        help="TF Serving's flag of that name: how often to look for new versions; 0: never"
+        " (%(default)s, TF Serving's default)",
+    )
+    command.add_argument(
+        "--http-port", type=int, default=8000, help="http_options.port (%(default)s)"
+    )
+    command.add_argument("-o", "--out", metavar="FILE", help="write here (default: stdout)")
+    command.set_defaults(handler=_import_tfserving)
 
 
 if __name__ == "__main__":

@@ -257,6 +257,9 @@ class IngressSpec(_Strict):
 
     num_cpus: Annotated[float, Field(ge=0)] = 0.1
     num_replicas: Annotated[int, Field(ge=1)] = 1
+    # Ray node labels the ingress replicas must run on (Ray's label_selector), e.g. the CPU
+    # worker group on KubeRay, so that an ingress replica never keeps a GPU node up.
+    label_selector: LabelSelector | None = None
     max_request_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     # Instances (rows, prompts, texts) in one request; more is refused with 413 before dispatch.
     max_instances_per_request: Annotated[int, Field(ge=1)] = 4096
@@ -271,6 +274,9 @@ class IngressSpec(_Strict):
     auth_tokens_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     # What a model past its max_queued_requests answers: 503, or 429; with Retry-After.
     overload: OverloadSpec = OverloadSpec()
+    # One log line per request (method, path, status, latency, model, request id) in the
+    # ingress replica's log. Off by default: it costs CPU on every request.
+    access_log: bool = False
 
     @model_validator(mode="after")
     def _timeouts(self) -> IngressSpec:

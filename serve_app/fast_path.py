@@ -15,7 +15,21 @@ They are read when Ray's processes start, so they belong in the environment of `
 FAST_PATH_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # gRPC between replicas would refuse messages over 4 MiB (a 6 MB text, the answer of
+    # 3,000 sentences): allow what the request limits admit, coalesced calls included.
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(512 * 1024 * 1024),
 }
+
+
+def fast_path_hint() -> str:
+    """The one log line that says the fast path is off and how to turn it on."""
+    words = " ".join(f"{name}={value}" for name, value in FAST_PATH_ENV.items())
+    return (
+        "serve-app: Ray was started without the fast request path, so every request crosses"
+        " Serve's Python proxy (on a 2-core machine digits at c=1: ~22 ms instead of ~3 ms)."
+        f" Start it with `make run`, or with `env {words}` before `serve run` / `ray start`"
+        " (see README, Quick start)."
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Per-request guards of the ingress: bearer auth, deadlines, request ids, access log, metrics.
 
-Pure ASGI middleware around the FastAPI app. The settings come from the app's ``ingress``
-args, set once per ingress replica by ``configure``; the per-request state travels in a
-context variable that ``ModelRouter`` reads (deadline) and writes (model name).
+The checks are transport-neutral (``check_auth``, ``effective_timeout``); ``GuardMiddleware``
+applies them to HTTP, as pure ASGI around the REST routes. The settings come from the app's
+``ingress`` args, set once per ingress replica by ``configure``; each request's
+``CallContext`` travels in a context variable to the routes, which hand it to the data plane.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Settings:
     tokens: tuple[str, ...] = ()
     overload_status: int = _DEFAULTS.overload.status_code
     retry_after_s: int | None = _DEFAULTS.overload.retry_after_s
+    access_log: bool = _DEFAULTS.access_log
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> Settings:
@@ -59,20 +61,24 @@ class Settings:
             tokens=tuple(tokens),
             overload_status=spec.overload.status_code,
             retry_after_s=spec.overload.retry_after_s,
+            access_log=spec.access_log,
         )
 
 
 @dataclass
-class RequestState:
-    """What one request's guards and routes share."""
+class CallContext:
+    """One request as every transport describes it to the data plane."""
 
-    request_id: str
-    deadline: float | None  # time.monotonic() by which the model call must be answered
-    model: str = "-"
+    request_id: str = "-"
+    deadline: float | None = None  # time.monotonic() by which the model must have answered
+    model: str = "-"  # set by the data plane once it knows (access log, metrics)
+
+    def remaining_s(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
 
 _settings = Settings()
-_state: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar(
+_state: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
     "serve_app_request", default=None
 )
 
@@ -86,7 +92,7 @@ def settings() -> Settings:
     return _settings
 
 
-def current() -> RequestState | None:
+def current() -> CallContext | None:
     return _state.get()
 
 
@@ -132,58 +138,58 @@ def is_open(path: str) -> bool:
 
 
 class GuardMiddleware:
-    """Auth, deadline and request id before the route; access log and metrics after."""
+    """Auth, deadline and request id before the app; metrics (and the access log, when on)
+    after. The request's headers are left in ``scope["serve_app.headers"]``."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, access_log: bool = False) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from serve_app.http import error_body_response
+        from serve_app.http import error_reply
 
         started = time.monotonic()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        scope["serve_app.headers"] = headers
         path = scope.get("path", "")
-        request_id = headers.get(REQUEST_ID_HEADER) or _serve_request_id()
-        status = {"code": 500}
+        ctx = CallContext(headers.get(REQUEST_ID_HEADER) or _serve_request_id())
+        status = 500
 
         async def send_tracking(message: dict) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status = message["status"]
             await send(message)
 
         config = _settings
-        token = _state.set(RequestState(request_id, None))
+        token = _state.set(ctx)
         try:
             try:
-                if not is_open(path):
+                if config.tokens and not is_open(path):
                     check_auth(headers.get("authorization"), config.tokens)
                 timeout = effective_timeout(headers.get(TIMEOUT_HEADER), config)
             except ServingError as exc:
-                response = error_body_response(path, exc)
-                await response(scope, receive, send_tracking)
+                await error_reply(path, exc).send(send_tracking)
                 return
-            state = _state.get()
-            assert state is not None
-            state.deadline = started + timeout - deadline_margin(timeout)
+            ctx.deadline = started + timeout - deadline_margin(timeout)
             await self.app(scope, receive, send_tracking)
         finally:
-            state = _state.get()
-            model = state.model if state is not None else "-"
             _state.reset(token)
             elapsed = time.monotonic() - started
-            metrics.record_request(model, status["code"], elapsed)
-            logger.info(
-                "%s %s -> %d in %.1f ms (model %s, request id %s)",
-                scope.get("method", "-"),
-                path,
-                status["code"],
-                elapsed * 1000,
-                model,
-                request_id,
-            )
+            metrics.record_request(ctx.model, status, elapsed)
+            if self.access_log:
+                logger.info(
+                    "%s %s -> %d in %.1f ms (model %s, request id %s)",
+                    scope.get("method", "-"),
+                    path,
+                    status,
+                    elapsed * 1000,
+                    ctx.model,
+                    ctx.request_id,
+                )
 
 
 def _serve_request_id() -> str:

@@ -30,3 +30,5 @@ class PredictRequest:
     # classify/regress: tf.Example features per example (context already merged in).
     method: str = PREDICT
     examples: list[dict[str, Any]] | None = None
+    # time.time() past which the caller no longer waits (skipped by the replica's batcher).
+    deadline: float | None = None

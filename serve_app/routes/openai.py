@@ -1,19 +1,18 @@
 """OpenAI-compatible routes for transformers models: models, completions, embeddings."""
 
+from __future__ import annotations
+
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
-from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
 
+from serve_app.dataplane import CallContext, DataPlane
 from serve_app.errors import InvalidInput, ServingError
-from serve_app.http import JSONWithNaN
-from serve_app.pool_catalog import MISS_REFRESH_S
+from serve_app.http import Reply, StreamReply, json_reply, parse_json
 from serve_app.protocols import openai
 from serve_app.request import PredictRequest
-from serve_app.routes.common import ModelRouter
 
 GENERATION, EMBEDDING = "text-generation", "feature-extraction"
 COMPLETION_OUTPUTS = ["_completion", "_finish_reason", "_prompt_tokens", "_completion_tokens"]
@@ -22,60 +21,63 @@ _STARTED = int(time.time())
 MAX_TOKENS = 1024
 
 
-class OpenAIRoutes(ModelRouter):
-    """``/v1/models``, ``/v1/completions`` (with ``stream``) and ``/v1/embeddings``."""
+async def models(plane: DataPlane) -> Reply:
+    names = await plane.model_names_of_kinds((GENERATION, EMBEDDING))
+    return json_reply(openai.models_list(names, _STARTED))
 
-    async def openai_models(self) -> Response:
-        await self.pools.refresh(max_age=MISS_REFRESH_S)
-        names = [n for n in self.model_names() if self.kind_of(n) in (GENERATION, EMBEDDING)]
-        return JSONWithNaN(openai.models_list(names, _STARTED))
 
-    async def openai_completions(self, request: Request) -> Response:
-        body = openai.parse(openai.CompletionRequest, await self.json_body(request))
-        if body.max_tokens > MAX_TOKENS:
-            raise InvalidInput(f"max_tokens must be at most {MAX_TOKENS}, got {body.max_tokens}")
-        self.check_instances(len(body.prompts) * body.n)
-        handle = await self.model_handle(body.model, (GENERATION,))
-        if body.stream:
-            return await self._stream(handle, body)
-        rows = [prompt for prompt in body.prompts for _ in range(body.n)]
-        predict_request = PredictRequest(
-            {
-                "text": np.array(rows, dtype=object),
-                "max_new_tokens": np.full(len(rows), body.max_tokens, dtype=np.int32),
-            },
-            parameters=body.generation_parameters(),
-            outputs=COMPLETION_OUTPUTS,
-        )
-        outputs = await self.answer(body.model, handle.predict.remote(predict_request))
-        return JSONWithNaN(openai.completion_response(body.model, outputs, body.n))
+async def completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply | StreamReply:
+    request = openai.parse(openai.CompletionRequest, parse_json(body))
+    if request.max_tokens > MAX_TOKENS:
+        raise InvalidInput(f"max_tokens must be at most {MAX_TOKENS}, got {request.max_tokens}")
+    plane.check_instances(len(request.prompts) * request.n)
+    await plane.lookup(ctx, request.model, (GENERATION,))
+    if request.stream:
+        return await _stream(plane, ctx, request)
+    rows = [prompt for prompt in request.prompts for _ in range(request.n)]
+    predict_request = PredictRequest(
+        {
+            "text": np.array(rows, dtype=object),
+            "max_new_tokens": np.full(len(rows), request.max_tokens, dtype=np.int32),
+        },
+        parameters=request.generation_parameters(),
+        outputs=COMPLETION_OUTPUTS,
+    )
+    _, outputs = await plane.infer(ctx, request.model, predict_request, (GENERATION,))
+    return json_reply(openai.completion_response(request.model, outputs, request.n))
 
-    async def _stream(self, handle: Any, body: openai.CompletionRequest) -> Response:
-        if len(body.prompts) != 1 or body.n != 1:
-            raise InvalidInput("stream: true takes one prompt and n = 1")
-        items = handle.options(stream=True).generate_stream.remote(
-            body.prompts[0], body.max_tokens, body.generation_parameters()
-        )
-        # The first item is awaited here, so a bad request still gets an HTTP error status.
-        first = await self.answer(body.model, items.__anext__(), cancel=items.cancel)
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
-        stream = openai.CompletionStream(body.model, include_usage)
-        return StreamingResponse(_events(stream, first, items), media_type="text/event-stream")
 
-    async def openai_embeddings(self, request: Request) -> Response:
-        body = openai.parse(openai.EmbeddingRequest, await self.json_body(request))
-        self.check_instances(len(body.texts))
-        handle = await self.model_handle(body.model, (EMBEDDING,))
-        predict_request = PredictRequest(
-            {"text": np.array(body.texts, dtype=object)},
-            outputs=["embeddings", "_token_count"],
+async def _stream(
+    plane: DataPlane, ctx: CallContext, request: openai.CompletionRequest
+) -> StreamReply:
+    if len(request.prompts) != 1 or request.n != 1:
+        raise InvalidInput("stream: true takes one prompt and n = 1")
+    first, items = await plane.stream(
+        ctx,
+        request.model,
+        (GENERATION,),
+        request.prompts[0],
+        request.max_tokens,
+        request.generation_parameters(),
+    )
+    include_usage = bool((request.stream_options or {}).get("include_usage"))
+    stream = openai.CompletionStream(request.model, include_usage)
+    return StreamReply(_events(stream, first, items))
+
+
+async def embeddings(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply:
+    request = openai.parse(openai.EmbeddingRequest, parse_json(body))
+    plane.check_instances(len(request.texts))
+    predict_request = PredictRequest(
+        {"text": np.array(request.texts, dtype=object)},
+        outputs=["embeddings", "_token_count"],
+    )
+    _, outputs = await plane.infer(ctx, request.model, predict_request, (EMBEDDING,))
+    return json_reply(
+        openai.embedding_response(
+            request.model, outputs["embeddings"], outputs["_token_count"], request.encoding_format
         )
-        outputs = await self.answer(body.model, handle.predict.remote(predict_request))
-        return JSONWithNaN(
-            openai.embedding_response(
-                body.model, outputs["embeddings"], outputs["_token_count"], body.encoding_format
-            )
-        )
+    )
 
 
 async def _events(

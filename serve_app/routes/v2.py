@@ -5,79 +5,88 @@ Where the specs disagree, this server answers: health and readiness in the statu
 metadata lists the served version in ``versions``.
 """
 
-from fastapi import Request
-from fastapi.responses import Response
+from __future__ import annotations
 
 from serve_app import __version__
-from serve_app.errors import ModelUnavailable, NotFound
-from serve_app.http import JSONWithNaN
+from serve_app.dataplane import CallContext, DataPlane
+from serve_app.errors import InvalidInput, ModelUnavailable, NotFound
+from serve_app.http import Reply, json_reply
 from serve_app.protocols import v2
-from serve_app.routes.common import ModelRouter
 
 SERVER_NAME = "serve-app"
+EXTENSIONS = ["binary_tensor_data", "statistics"]
 
 
-class V2Routes(ModelRouter):
-    """``/v2`` server and model endpoints."""
+def server_metadata() -> Reply:
+    return json_reply({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
 
-    async def v2_server_metadata(self) -> Response:
-        extensions = ["binary_tensor_data", "statistics"]
-        return JSONWithNaN({"name": SERVER_NAME, "version": __version__, "extensions": extensions})
 
-    async def v2_live(self) -> Response:
-        return JSONWithNaN({"live": True})
+def live() -> Reply:
+    return json_reply({"live": True})
 
-    async def v2_ready(self) -> Response:
-        """Ready when every model has a replica that can answer (Triton's strict readiness)."""
-        await self.fleet.ready()
-        ready = all(self.fleet.available(name) for name in self.fleet.model_names)
-        return JSONWithNaN({"ready": ready}, status_code=200 if ready else 503)
 
-    async def v2_model_stats(self, name: str) -> Response:
-        """Batching statistics of one replica (Triton's statistics extension shape)."""
-        handle = await self.model_handle(name)
-        return JSONWithNaN(await self.answer(name, handle.model_stats.remote()))
+async def ready(plane: DataPlane) -> Reply:
+    """Ready when every model has a replica that can answer (Triton's strict readiness)."""
+    is_ready = await plane.ready()
+    return json_reply({"ready": is_ready}, status=200 if is_ready else 503)
 
-    async def v2_model_metadata(
-        self, name: str, version: int | None, label: str | None = None
-    ) -> Response:
-        handle = await self.model_handle(name)
-        io = await self.answer(name, handle.model_io.remote(version, label))
-        return JSONWithNaN(v2.model_metadata(name, io["versions"], io["platform"], io))
 
-    async def v2_model_ready(
-        self, name: str, version: int | None, label: str | None = None
-    ) -> Response:
-        try:
-            handle = await self.model_handle(name)
-            await self.answer(name, handle.model_io.remote(version, label))
-        except ModelUnavailable:
-            return JSONWithNaN({"name": name, "ready": False}, status_code=503)
-        return JSONWithNaN({"name": name, "ready": True})
+async def model_stats(plane: DataPlane, ctx: CallContext, name: str) -> Reply:
+    """Batching statistics of one replica (Triton's statistics extension shape)."""
+    return json_reply(await plane.call(ctx, name, "model_stats"))
 
-    async def v2_infer(
-        self, name: str, version: int | None, request: Request, label: str | None = None
-    ) -> Response:
-        handle = await self.model_handle(name)
-        body = await self.body_bytes(request)
-        infer = v2.decode_infer(body, request.headers.get(v2.HEADER_LENGTH.lower()))
-        self.check_rows(infer.request)
-        infer.request.version = version
-        infer.request.label = label
-        call = handle.predict_versioned.remote(infer.request)
-        served, outputs = await self.answer(name, call)
-        content, header_length = v2.encode_infer(name, served, infer, outputs)
-        if header_length is None:
-            return Response(content, media_type="application/json")
-        return Response(
-            content,
-            media_type="application/octet-stream",
-            headers={v2.HEADER_LENGTH: str(header_length)},
-        )
+
+async def model_metadata(
+    plane: DataPlane, ctx: CallContext, name: str, version: int | None, label: str | None = None
+) -> Reply:
+    io = await plane.call(ctx, name, "model_io", version, label)
+    return json_reply(v2.model_metadata(name, io["versions"], io["platform"], io))
+
+
+async def model_ready(
+    plane: DataPlane, ctx: CallContext, name: str, version: int | None, label: str | None = None
+) -> Reply:
+    try:
+        await plane.call(ctx, name, "model_io", version, label)
+    except ModelUnavailable:
+        return json_reply({"name": name, "ready": False}, status=503)
+    return json_reply({"name": name, "ready": True})
+
+
+async def infer(
+    plane: DataPlane,
+    ctx: CallContext,
+    name: str,
+    version: int | None,
+    label: str | None,
+    body: bytes,
+    header_length: str | None,
+) -> Reply:
+    await plane.lookup(ctx, name)
+    decoded = v2.decode_infer(body, header_length)
+    decoded.request.version = version
+    decoded.request.label = label
+    served, outputs = await plane.infer(ctx, name, decoded.request)
+    content, json_length = v2.encode_infer(name, served, decoded, outputs)
+    if json_length is None:
+        return Reply(content)
+    return Reply(
+        content, media_type="application/octet-stream", headers={v2.HEADER_LENGTH: str(json_length)}
+    )
+
+
+# Versions are int64 in both protocols: at most 18 digits always fit.
+MAX_VERSION_DIGITS = 18
 
 
 def parse_version(text: str) -> int:
-    """A version path segment as an int; 404 if it is not one."""
+    """A version path segment as an int: 404 if it is not a number, 400 if it is one that no
+    version can have (non-ASCII digits, more than 18 digits)."""
     if not text.isdigit():
-        raise NotFound(f"version must be a non-negative integer, got '{text}'")
+        raise NotFound(f"version must be a non-negative integer, got '{text[:32]}'")
+    if not text.isascii() or len(text) > MAX_VERSION_DIGITS:
+        raise InvalidInput(
+            f"version must be a non-negative integer of at most {MAX_VERSION_DIGITS} ASCII"
+            f" digits, got '{text[:32]}'"
+        )
     return int(text)

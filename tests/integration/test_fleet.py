@@ -190,7 +190,8 @@ def test_unknown_model_is_404_listing_known_models(fleet: dict) -> None:
         ("digits", {"instances": [[1.0] * 64, [1.0]]}, 400, "ragged"),
         ("digits", {"instances": []}, 400, "non-empty list"),
         ("digits", {"instances": [[0.0] * 64], "inputs": [[0.0] * 64]}, 400, "exactly one of"),
-        ("digits", {"signature_name": "nope", "instances": [[0.0] * 64]}, 404, "no signature"),
+        # TF Serving: an unknown signature is INVALID_ARGUMENT (400), unlike an unknown model.
+        ("digits", {"signature_name": "nope", "instances": [[0.0] * 64]}, 400, "no signature"),
         ("digits", {"instances": [{"pixelz": [0.0] * 64}]}, 400, "unknown input"),
         ("minilm", {"instances": [1.0, 2.0]}, 400, "expects strings"),
         ("tiny-gpt2", {"instances": [{"text": "hi", "max_new_tokens": 0}]}, 400, "max_new_tokens"),

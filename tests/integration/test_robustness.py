@@ -57,6 +57,7 @@ def robust_args() -> dict:
             "max_request_timeout_s": 120,
             "auth_tokens": [TOKEN],
             "overload": {"status_code": 429, "retry_after_s": 2},
+            "access_log": True,  # off by default; test_request_id_is_returned_and_logged
         },
     }
 

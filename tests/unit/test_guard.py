@@ -61,8 +61,9 @@ def test_config_refuses_bad_robustness_settings(args, fragment):
         parse_app_config(args)
 
 
-def test_max_queued_requests_reaches_the_deployment_options():
-    from serve_app.app import model_deployment
+def test_max_queued_requests_reaches_the_ingress_not_serve():
+    """Requests travel coalesced, so Serve's queue would count calls: the ingress bounds them."""
+    from serve_app.app import model_deployment, route_settings
 
     config = parse_app_config(
         {
@@ -71,7 +72,8 @@ def test_max_queued_requests_reaches_the_deployment_options():
             ]
         }
     )
-    assert model_deployment(config.models[0])._deployment_config.max_queued_requests == 3
+    assert route_settings(config.models[0])["max_queued_requests"] == 3
+    assert model_deployment(config.models[0])._deployment_config.max_queued_requests == -1
 
 
 def test_settings_from_args_merges_env_tokens(monkeypatch):

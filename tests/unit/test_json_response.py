@@ -7,21 +7,21 @@ import math
 
 import numpy as np
 
-from serve_app.http import JSONWithNaN
+from serve_app.http import json_bytes
 
 
 def test_plain_bodies_equal_what_json_writes() -> None:
     content = {"predictions": [[0.1, 2.5e-8, -3.0]], "name": "é", "n": 3, "ok": True}
-    body = JSONWithNaN(content).body
+    body = json_bytes(content)
     assert json.loads(body) == content
     assert b"NaN" not in body
 
 
 def test_nan_and_infinity_are_written_as_tf_serving_writes_them() -> None:
-    body = JSONWithNaN({"predictions": [math.nan, math.inf, -math.inf, None]}).body
+    body = json_bytes({"predictions": [math.nan, math.inf, -math.inf, None]})
     assert body == b'{"predictions":[NaN,Infinity,-Infinity,null]}'
 
 
 def test_values_orjson_refuses_still_get_a_body() -> None:
-    assert JSONWithNaN({"big": 2**70}).body == b'{"big":1180591620717411303424}'
-    assert JSONWithNaN({"rows": np.arange(3)}).body == b'{"rows":[0,1,2]}'
+    assert json_bytes({"big": 2**70}) == b'{"big":1180591620717411303424}'
+    assert json_bytes({"rows": np.arange(3)}) == b'{"rows":[0,1,2]}'

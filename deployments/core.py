@@ -1,0 +1,161 @@
+"""The replica core: what every model replica (dedicated or pool) does with requests.
+
+The ingress coalesces concurrent requests for one model into one handle call
+(``serve_app/coalesce.py``); here each request of the call is validated on its own, cut into
+batch items and queued in the replica's dynamic batcher, and answered on its own: a bad
+request gets its error, its call mates their outputs. A model call runs on the replica's
+single inference thread; if it fails, its members are retried one by one so that only the
+request that broke it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from deployments.batcher import DynamicBatcher
+from deployments.batching import BatchItem, concat_inputs, group_compatible, split_outputs
+from deployments.host import ModelHost, Pending
+from serve_app import metrics
+from serve_app.errors import DeadlineExceeded, ServingError
+from serve_app.request import PredictRequest
+
+logger = logging.getLogger("ray.serve")
+
+# What a replica answers for each request of a call: (version, outputs), or the error.
+Answer = tuple[int, dict[str, np.ndarray]] | ServingError
+
+
+class ReplicaCore:
+    """The inference thread, the dynamic batcher and the per-request call path of a replica."""
+
+    def __init__(self, name: str, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        self.name = name
+        # One thread: model calls run off the event loop, one batch at a time.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-infer")
+        self.batcher: DynamicBatcher[BatchItem] = DynamicBatcher(
+            self._run_batch, _rows_of, max_batch_size, batch_wait_timeout_s
+        )
+        # Handle calls and the requests they carried (coalescing shows as requests > calls).
+        self.calls = 0
+        self.requests = 0
+        self.ongoing = 0  # requests inside this replica now (the autoscaling metric)
+
+    def configure(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        """New batching limits; they apply from the next batch."""
+        self.batcher.configure(max_batch_size, batch_wait_timeout_s)
+
+    def enqueue(self, item: BatchItem) -> asyncio.Future:
+        """Queue one batch item; its future gets the item's outputs or its error."""
+        return self.batcher.enqueue(item)
+
+    async def predict_many(self, host: ModelHost, requests: list[PredictRequest]) -> list[Answer]:
+        """Answer every request of one handle call, each on its own."""
+        self.calls += 1
+        self.requests += len(requests)
+        self.ongoing += len(requests)
+        begun: list[Pending | ServingError] = []
+        try:
+            now = time.time()
+            for request in requests:
+                begun.append(self._begin(host, request, now))
+            futures = [f for p in begun if isinstance(p, Pending) for f in p.futures]
+            if futures:
+                await asyncio.wait(futures)
+            return [p if isinstance(p, ServingError) else host.finish(p) for p in begun]
+        finally:
+            self.ongoing -= len(requests)
+            for pending in begun:  # cancelled call: drop what is still queued, free versions
+                if isinstance(pending, Pending) and not pending.finished:
+                    host.abandon(pending)
+
+    def _begin(
+        self, host: ModelHost, request: PredictRequest, now: float
+    ) -> Pending | ServingError:
+        if request.deadline is not None and now >= request.deadline:
+            return _late(host.name)
+        try:
+            return host.begin(request, self.enqueue)
+        except ServingError as exc:
+            return exc
+        except Exception as exc:  # a request we could not even check fails alone
+            logger.exception("model '%s': preparing a request failed", host.name)
+            return ServingError(f"model '{host.name}' failed: {type(exc).__name__}: {exc}")
+
+    async def _run_batch(self, items: list[BatchItem]) -> list[Any]:
+        """Run one dynamic batch: each group of compatible items (one model, one version,
+        equal parameters) is one model call; a failing call is retried member by member."""
+        results: list[Any] = [None] * len(items)
+        now = time.time()
+        for group in group_compatible(items):
+            live = []
+            for i in group:
+                deadline = items[i].deadline
+                if deadline is not None and now >= deadline:
+                    results[i] = _late(items[i].host.name)
+                else:
+                    live.append(i)
+            if not live:
+                continue
+            outcome = await self._call([items[i] for i in live])
+            if isinstance(outcome, Exception) and len(live) > 1:
+                # Retry apart, so that only the item that breaks the model fails.
+                for i in live:
+                    single = await self._call([items[i]])
+                    results[i] = single if isinstance(single, Exception) else single[0]
+                continue
+            if isinstance(outcome, Exception):
+                results[live[0]] = outcome
+                continue
+            for i, part in zip(live, outcome):
+                results[i] = part
+        return results
+
+    async def _call(self, members: list[BatchItem]) -> list[dict[str, np.ndarray]] | Exception:
+        """One model call for ``members``; their outputs, or the error it raised."""
+        host: ModelHost = members[0].host
+        # In-flight requests keep their version loaded until they are answered.
+        servable = host.table.versions[members[0].version].servable
+        call = functools.partial(
+            servable.infer, members[0].signature, concat_inputs(members), members[0].parameters
+        )
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(self.executor, call)
+        except ServingError as exc:
+            return exc
+        except Exception as exc:
+            logger.warning(
+                "replica '%s': model '%s' failed on a call of %d item(s): %s: %s",
+                self.name,
+                host.name,
+                len(members),
+                type(exc).__name__,
+                exc,
+            )
+            return ServingError(f"model '{host.name}' failed: {type(exc).__name__}: {exc}")
+        rows = sum(m.rows for m in members)
+        host.stats.record(rows)
+        metrics.record_batch(host.name, rows, len(members))
+        return split_outputs(outputs, [m.rows for m in members])
+
+    def report(self) -> dict[str, Any]:
+        """How many handle calls carried how many requests (coalescing in the ingress)."""
+        return {"calls": self.calls, "requests": self.requests, "ongoing": self.ongoing}
+
+
+def _rows_of(item: BatchItem) -> int:
+    """A batch counts rows (instances), not requests."""
+    return item.rows
+
+
+def _late(model: str) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"model '{model}' did not answer within the request's deadline"
+        " (X-Request-Timeout-Seconds or ingress.request_timeout_s)"
+    )

@@ -1,0 +1,193 @@
+"""Coalescing in the ingress: a model's concurrent requests travel to it in one handle call.
+
+A Ray handle call costs about 0.85 ms of CPU on each side (``bench/NOTES.md``), more than
+a small model's own work per request. So requests for one model (one handle: one dedicated
+model, or one model of a pool) that arrive while calls to it are in flight wait here and
+go together in the next call, which feeds the replica's dynamic batcher with all of them.
+At low load a request goes at once, alone; under load each call carries up to one batch.
+
+Results and errors stay per request: the replica answers each request of a call on its
+own (``deployments/core.py``). A request whose caller gave up (deadline, disconnect) before
+its call left is dropped; a call whose requests all gave up is cancelled. Serve's queue
+bound now counts calls, so the waiting requests are bounded here (``max_queued``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+
+from serve_app.errors import ModelUnavailable, Overloaded, ServingError
+from serve_app.request import PredictRequest
+
+logger = logging.getLogger("ray.serve")
+
+# One handle call: the requests of it -> one answer per request ((version, outputs) or error).
+Call = Callable[[list[PredictRequest]], Awaitable[list[Any]]]
+# Calls in flight per model replica: one running in the replica's batcher, the next queued
+# there, so the model never waits for the ingress.
+CALLS_PER_REPLICA = 2
+# A call carries at most this many bytes of request tensors (gRPC messages between replicas
+# are bounded; one request larger than this still travels, alone).
+MAX_CALL_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class OverloadAnswer:
+    """What a model past its bound answers: 503 or 429, with ``Retry-After``."""
+
+    status_code: int = 503
+    retry_after_s: int | None = 1
+
+
+@dataclass
+class _Waiting:
+    request: PredictRequest
+    future: asyncio.Future
+    rows: int
+    size: int
+    since: float
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """One handle call on its way: cancelled once every request of it has given up."""
+
+    futures: list[asyncio.Future]
+    started: float
+    task: asyncio.Task | None = None
+    done: int = 0
+
+    def on_request_done(self, _: asyncio.Future) -> None:
+        self.done += 1
+        if self.done == len(self.futures) and self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+@dataclass
+class Coalescer:
+    """The waiting requests and the calls in flight of one model handle."""
+
+    model: str
+    call: Call
+    max_rows_per_call: int = 32
+    max_queued: int | None = None
+    overload: OverloadAnswer = OverloadAnswer()
+    replicas: Callable[[], int] = lambda: 1
+    _queue: collections.deque[_Waiting] = field(default_factory=collections.deque)
+    _in_flight: set[_InFlight] = field(default_factory=set)
+
+    def submit(self, request: PredictRequest, rows: int, size: int) -> asyncio.Future:
+        """Queue one request; its future gets the replica's answer for it (an answer or a
+        ServingError). Raises ``Overloaded`` past ``max_queued`` waiting requests."""
+        if self.max_queued is not None and len(self._queue) >= self.max_queued:
+            raise Overloaded(
+                f"model '{self.model}' is overloaded: {len(self._queue)} requests are waiting"
+                f" (max_queued_requests {self.max_queued}). Retry later.",
+                self.overload.status_code,
+                self.overload.retry_after_s,
+            )
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Waiting(request, future, rows, size, time.monotonic()))
+        self._pump()
+        return future
+
+    @property
+    def waiting(self) -> int:
+        """Requests not sent yet."""
+        return len(self._queue)
+
+    def oldest_wait_s(self, now: float) -> float:
+        """How long the longest-waiting request (queued or in a call) has waited."""
+        starts = [c.started for c in self._in_flight]
+        if self._queue:
+            starts.append(self._queue[0].since)
+        return now - min(starts) if starts else 0.0
+
+    def fail(self, error: ServingError) -> None:
+        """Answer every waiting and in-flight request with ``error`` (the model failed)."""
+        for waiting in self._queue:
+            if not waiting.future.done():
+                waiting.future.set_result(error)
+        self._queue.clear()
+        for call in list(self._in_flight):
+            for future in call.futures:
+                if not future.done():
+                    future.set_result(error)
+
+    def _pump(self) -> None:
+        """Start calls while there is room and requests wait."""
+        limit = CALLS_PER_REPLICA * max(1, self.replicas())
+        while self._queue and len(self._in_flight) < limit:
+            batch = self._take()
+            if not batch:
+                return
+            call = _InFlight([w.future for w in batch], time.monotonic())
+            self._in_flight.add(call)
+            for future in call.futures:
+                future.add_done_callback(call.on_request_done)
+            call.task = asyncio.get_running_loop().create_task(self._run(call, batch))
+
+    def _take(self) -> list[_Waiting]:
+        """The oldest waiting requests that fit in one call (at least one); requests whose
+        callers gave up are dropped."""
+        batch: list[_Waiting] = []
+        rows = size = 0
+        while self._queue:
+            waiting = self._queue[0]
+            if batch and (
+                rows + waiting.rows > self.max_rows_per_call or size + waiting.size > MAX_CALL_BYTES
+            ):
+                break
+            self._queue.popleft()
+            if waiting.future.done():
+                continue
+            batch.append(waiting)
+            rows += waiting.rows
+            size += waiting.size
+        return batch
+
+    async def _run(self, call: _InFlight, batch: list[_Waiting]) -> None:
+        try:
+            answers = await self._answers(batch)
+        finally:
+            self._in_flight.discard(call)
+        for waiting, answer in zip(batch, answers):
+            if not waiting.future.done():
+                waiting.future.set_result(answer)
+        self._pump()
+
+    async def _answers(self, batch: list[_Waiting]) -> list[Any]:
+        """The call's answers, or its failure as every request's answer."""
+        try:
+            answers = await self.call([w.request for w in batch])
+            if len(answers) == len(batch):
+                return answers
+            error: ServingError = ServingError(
+                f"model '{self.model}' answered {len(answers)} of {len(batch)} requests"
+            )
+        except ServingError as exc:
+            error = exc
+        except BackPressureError as exc:
+            error = Overloaded(
+                f"model '{self.model}' is overloaded: {exc.message} Retry later.",
+                self.overload.status_code,
+                self.overload.retry_after_s,
+            )
+        except RayActorError as exc:
+            error = ModelUnavailable(f"the model's replica died ({type(exc).__name__})")
+        except asyncio.CancelledError:
+            # Every caller gave up (or the ingress is stopping): nobody reads these.
+            error = ModelUnavailable(f"the call to model '{self.model}' was cancelled")
+        except Exception as exc:
+            logger.exception("a call to model '%s' failed", self.model)
+            error = ServingError(f"internal error ({type(exc).__name__})")
+        return [error] * len(batch)

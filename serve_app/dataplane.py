@@ -1,0 +1,312 @@
+"""The data plane: transport-neutral operations on the fleet's models.
+
+Every transport (REST routes, gRPC servicers) calls these with a ``CallContext`` (request
+id, deadline, the model it concerns) and gets Python values or a ``ServingError`` back. Model
+lookup (404), readiness (503), limits (413), deadlines (504), overload (503/429) and the
+per-model coalescing of concurrent inference requests live here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.coalesce import Coalescer, OverloadAnswer
+from serve_app.config import MODEL_NAME_PATTERN
+from serve_app.errors import (
+    DeadlineExceeded,
+    ModelUnavailable,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    ServingError,
+)
+from serve_app.fleet_status import FleetStatus
+from serve_app.guard import CallContext, Settings
+from serve_app.pool_catalog import MISS_REFRESH_S, PoolCatalog, PoolView
+from serve_app.request import PredictRequest
+
+_NAME = re.compile(MODEL_NAME_PATTERN.strip("^$"))
+# At most this many names are listed in a "not found" error (pools may hold thousands).
+KNOWN_NAMES_SHOWN = 20
+# Handle calls carry our own dataclasses and numpy arrays: plain pickle is enough and
+# cheaper than cloudpickle (Serve's default).
+PICKLE = {"request_serialization": "pickle", "response_serialization": "pickle"}
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """How the ingress reaches one model, and what it knows of it."""
+
+    kind: str  # "tensorflow" or the transformers task
+    max_batch_size: int = 32
+    max_queued_requests: int | None = None
+
+
+class DataPlane:
+    """The fleet's models, as every transport sees them."""
+
+    def __init__(
+        self,
+        app_name: str,
+        handles: dict[str, DeploymentHandle],
+        routes: dict[str, ModelRoute],
+        settings: Settings,
+        pools: dict[str, PoolView] | None = None,
+        pool_routes: dict[str, ModelRoute] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.handles = {name: handle.options(**PICKLE) for name, handle in handles.items()}
+        self.routes = routes
+        pools = pools or {}
+        for view in pools.values():
+            view.handle = view.handle.options(**PICKLE)
+        self.pool_routes = pool_routes or {}
+        self.pools = PoolCatalog(pools, set(handles))
+        self.fleet = FleetStatus(app_name, [*handles, *pools], self._stuck_models, self.fail_model)
+        self._coalescers: dict[str, Coalescer] = {}
+
+    # --- lookup ----------------------------------------------------------------------------
+
+    async def lookup(
+        self, ctx: CallContext, name: str, kinds: tuple[str, ...] = ()
+    ) -> DeploymentHandle:
+        """The handle of a model that can answer now: 404 if unknown, 503 if it failed.
+
+        A dedicated model's handle, or for a pool's model a handle that routes by its name
+        to the pool replicas holding it.
+        """
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            shown = name[:64] if isinstance(name, str) else type(name).__name__
+            raise NotFound(f"model '{shown}' not found (model names match {MODEL_NAME_PATTERN})")
+        ctx.model = name
+        handle, kind = self.handles.get(name), self.kind_of(name)
+        if handle is None:
+            found = await self.pools.lookup(name)
+            if found is not None:
+                handle, kind = found[1], self.pools.kind(name)
+        if handle is None or (kinds and kind not in kinds):
+            known = [n for n in self.model_names() if not kinds or self.kind_of(n) in kinds]
+            shown = ", ".join(known[:KNOWN_NAMES_SHOWN])
+            if len(known) > KNOWN_NAMES_SHOWN:
+                shown += f" and {len(known) - KNOWN_NAMES_SHOWN} more"
+            what = f" of kind {'/'.join(kinds)}" if kinds else ""
+            raise NotFound(f"model '{name}'{what} not found (known models: {shown})")
+        await self.fleet.ready()
+        self.fleet.check(self.deployment_of(name))
+        return handle
+
+    def model_names(self) -> list[str]:
+        """Every model served now: dedicated ones and those the pools hold."""
+        return sorted({*self.handles, *self.pools.names()})
+
+    def kind_of(self, name: str) -> str | None:
+        route = self.routes.get(name)
+        return route.kind if route is not None else self.pools.kind(name)
+
+    def deployment_of(self, name: str) -> str:
+        """The deployment serving a model: its own, or its pool's."""
+        return name if name in self.handles else self.pools.owner.get(name, name)
+
+    async def model_names_of_kinds(self, kinds: tuple[str, ...]) -> list[str]:
+        """Models of these kinds, with the pools re-listed if their listing is old."""
+        await self.pools.refresh(max_age=MISS_REFRESH_S)
+        return [n for n in self.model_names() if self.kind_of(n) in kinds]
+
+    # --- limits ----------------------------------------------------------------------------
+
+    def check_instances(self, count: int) -> None:
+        """413 past ``ingress.max_instances_per_request``, before anything is dispatched."""
+        limit = self.settings.max_instances_per_request
+        if count > limit:
+            raise PayloadTooLarge(
+                f"request has {count} instances; the limit (max_instances_per_request) is {limit}"
+            )
+
+    def check_rows(self, request: PredictRequest) -> int:
+        """``check_instances`` for a decoded request: its examples or its inputs' rows."""
+        if request.examples is not None:
+            rows = len(request.examples)
+        else:
+            shapes = [getattr(a, "shape", ()) for a in request.inputs.values()]
+            rows = max((int(s[0]) for s in shapes if len(s) >= 1), default=1)
+        self.check_instances(rows)
+        return rows
+
+    # --- inference (coalesced) -------------------------------------------------------------
+
+    async def infer(
+        self, ctx: CallContext, name: str, request: PredictRequest, kinds: tuple[str, ...] = ()
+    ) -> tuple[int, dict[str, Any]]:
+        """One inference request: (the version that answered, its outputs)."""
+        await self.lookup(ctx, name, kinds)
+        rows = self.check_rows(request)
+        if ctx.deadline is not None:
+            request.deadline = time.time() + (ctx.deadline - time.monotonic())
+        future = self._coalescer(name).submit(request, rows, _size_of(request))
+        answer = await self._wait(ctx, name, future)
+        if isinstance(answer, ServingError):
+            raise answer
+        return answer
+
+    def _coalescer(self, name: str) -> Coalescer:
+        coalescer = self._coalescers.get(name)
+        if coalescer is None:
+            route = self.routes.get(name) or self.pool_routes.get(self.deployment_of(name))
+            route = route or ModelRoute("unknown")
+            handle = self.handles.get(name)
+            deployment = self.deployment_of(name)
+
+            async def call(requests: list[PredictRequest]) -> list[Any]:
+                target = handle
+                if target is None:  # a pool's model: the catalog's handle for it
+                    found = await self.pools.lookup(name)
+                    if found is None:
+                        raise NotFound(f"model '{name}' is no longer served by any pool")
+                    target = found[1]
+                response = target.predict_many.remote(requests)
+                try:
+                    return await response
+                except asyncio.CancelledError:
+                    response.cancel()
+                    raise
+
+            coalescer = Coalescer(
+                name,
+                call,
+                max_rows_per_call=route.max_batch_size,
+                max_queued=route.max_queued_requests,
+                overload=OverloadAnswer(self.settings.overload_status, self.settings.retry_after_s),
+                replicas=lambda: self.fleet.running_replicas(deployment),
+            )
+            self._coalescers[name] = coalescer
+        return coalescer
+
+    async def _wait(self, ctx: CallContext, name: str, future: asyncio.Future) -> Any:
+        """The answer for one request, or 504 at its deadline (its future is cancelled, so a
+        request not sent yet never leaves)."""
+        try:
+            if ctx.deadline is None:
+                return await future
+            return await asyncio.wait_for(future, max(0.0, ctx.deadline - time.monotonic()))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"model '{name}' did not answer within the request's deadline"
+                " (X-Request-Timeout-Seconds or ingress.request_timeout_s)"
+            ) from None
+        finally:
+            if not future.done():
+                future.cancel()
+
+    def _stuck_models(self, now: float) -> dict[str, float]:
+        """Deployment -> the longest a request for it has waited (the fleet watchdog reads
+        Serve's status when a model keeps requests waiting)."""
+        stuck: dict[str, float] = {}
+        for name, coalescer in self._coalescers.items():
+            waited = coalescer.oldest_wait_s(now)
+            if waited > 0:
+                deployment = self.deployment_of(name)
+                stuck[deployment] = max(stuck.get(deployment, 0.0), waited)
+        return stuck
+
+    def fail_model(self, deployment: str, error: ModelUnavailable) -> None:
+        """Answer everything waiting on a failed deployment with ``error``."""
+        for name, coalescer in self._coalescers.items():
+            if self.deployment_of(name) == deployment:
+                coalescer.fail(error)
+
+    # --- other model calls -----------------------------------------------------------------
+
+    async def call(
+        self,
+        ctx: CallContext,
+        name: str,
+        method: str,
+        *args: Any,
+        kinds: tuple[str, ...] = (),
+    ) -> Any:
+        """One (non-coalesced) call of a model deployment's ``method``: status, metadata,
+        statistics."""
+        handle = await self.lookup(ctx, name, kinds)
+        response = getattr(handle, method).remote(*args)
+        return await self.answer(ctx, name, response, response.cancel)
+
+    async def answer(
+        self,
+        ctx: CallContext,
+        name: str,
+        response: Awaitable[Any],
+        cancel: Callable[[], None] | None = None,
+    ) -> Any:
+        """Await a model's answer; 503 if the model fails meanwhile, 504 past the deadline,
+        never a hang. Either way the call is cancelled."""
+        call = asyncio.ensure_future(_result(response))
+        deployment = self.deployment_of(name)
+        try:
+            while True:
+                wait = 1.0
+                remaining = ctx.remaining_s()
+                if remaining is not None:
+                    wait = max(0.0, min(wait, remaining))
+                done, _ = await asyncio.wait({call}, timeout=wait)
+                if done:
+                    return call.result()
+                remaining = ctx.remaining_s()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceeded(
+                        f"model '{name}' did not answer within the request's deadline"
+                        " (X-Request-Timeout-Seconds or ingress.request_timeout_s)"
+                    )
+                await self.fleet.refresh(max_age=1.0)
+                self.fleet.check(deployment)
+        except BackPressureError as exc:
+            raise Overloaded(
+                f"model '{name}' is overloaded: {exc.message} Retry later.",
+                self.settings.overload_status,
+                self.settings.retry_after_s,
+            ) from None
+        except (ModelUnavailable, DeadlineExceeded, asyncio.CancelledError):
+            if cancel is not None:
+                cancel()
+            call.cancel()
+            raise
+
+    async def stream(
+        self, ctx: CallContext, name: str, kinds: tuple[str, ...], *args: Any
+    ) -> tuple[Any, AsyncIterator[Any]]:
+        """A streaming generation: its first item (awaited here, so a bad request still
+        gets an error status) and the rest."""
+        handle = await self.lookup(ctx, name, kinds)
+        items = handle.options(stream=True).generate_stream.remote(*args)
+        first = await self.answer(ctx, name, items.__anext__(), cancel=items.cancel)
+        return first, items
+
+    # --- readiness -------------------------------------------------------------------------
+
+    async def ready(self) -> bool:
+        """Every model has a replica that can answer (Triton's strict readiness)."""
+        await self.fleet.ready()
+        await self.fleet.refresh(max_age=1.0)
+        return all(self.fleet.available(name) for name in self.fleet.model_names)
+
+
+def _size_of(request: PredictRequest) -> int:
+    """Approximate bytes of a request's tensors (object arrays: their length only)."""
+    return sum(getattr(a, "nbytes", 0) for a in request.inputs.values())
+
+
+async def _result(response: Awaitable[Any]) -> Any:
+    try:
+        return await response
+    except ServingError:
+        raise
+    except RayActorError as exc:
+        raise ModelUnavailable(f"the model's replica died ({type(exc).__name__})") from None

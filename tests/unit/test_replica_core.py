@@ -1,0 +1,81 @@
+"""The replica core's batch isolation, as pure asyncio code around a stand-in model."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deployments.batching import BatchItem, BatchStats
+from deployments.core import ReplicaCore
+from serve_app.errors import DeadlineExceeded, ServingError
+
+
+class Fragile:
+    """Doubles its input; a call holding a negative row raises (a row that breaks a model)."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def infer(self, signature: str, inputs: dict, parameters: dict) -> dict[str, np.ndarray]:
+        self.calls.append(len(inputs["x"]))
+        if (inputs["x"] < 0).any():
+            raise ValueError("the tokenizer choked on a row")
+        return {"y": inputs["x"] * 2}
+
+
+@dataclass
+class _Version:
+    servable: Any
+
+
+@dataclass
+class _Table:
+    versions: dict[int, _Version]
+
+
+@dataclass
+class Host:
+    """What the core reads of a model host: its name, versions and statistics."""
+
+    servable: Any
+    name: str = "m"
+    stats: BatchStats = field(default_factory=BatchStats)
+
+    @property
+    def table(self) -> _Table:
+        return _Table({1: _Version(self.servable)})
+
+
+def _item(host: Host, value: float, deadline: float | None = None) -> BatchItem:
+    return BatchItem("", {"x": np.array([value])}, 1, {}, "g", 1, host, deadline)
+
+
+def test_a_failing_model_call_is_retried_apart_so_only_the_breaking_row_fails() -> None:
+    async def scenario() -> list[Any]:
+        model = Fragile()
+        core = ReplicaCore("m", 8, 0.0)
+        host = Host(model)
+        results = await core._run_batch([_item(host, v) for v in (1.0, -1.0, 3.0)])
+        assert model.calls == [3, 1, 1, 1]  # the batch, then each item alone
+        return results
+
+    first, bad, third = asyncio.run(scenario())
+    assert first["y"].tolist() == [2.0] and third["y"].tolist() == [6.0]
+    assert isinstance(bad, ServingError) and "ValueError" in str(bad)
+
+
+def test_an_item_past_its_deadline_is_not_run() -> None:
+    async def scenario() -> list[Any]:
+        model = Fragile()
+        core = ReplicaCore("m", 8, 0.0)
+        host = Host(model)
+        results = await core._run_batch([_item(host, 1.0), _item(host, 2.0, deadline=1.0)])
+        assert model.calls == [1]
+        return results
+
+    done, late = asyncio.run(scenario())
+    assert done["y"].tolist() == [2.0]
+    assert isinstance(late, DeadlineExceeded)
