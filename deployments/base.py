@@ -64,10 +64,14 @@ class ModelDeployment:
         return await self.core.predict_many(self.host, requests)
 
     async def generate_stream(
-        self, text: str, max_new_tokens: int, parameters: dict[str, Any]
+        self,
+        text: str,
+        max_new_tokens: int,
+        parameters: dict[str, Any],
+        deadline: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream one completion from the default version (text-generation models)."""
-        async for item in self.host.generate_stream(text, max_new_tokens, parameters):
+        async for item in self.host.generate_stream(text, max_new_tokens, parameters, deadline):
             yield item
 
     # --- status, metadata, statistics ---------------------------------------------------

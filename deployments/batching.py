@@ -23,6 +23,12 @@ class BatchItem:
     version: int = 0  # the model version that answers this item
     host: Any = None  # the ModelHost of the model that answers it (pools hold many)
     deadline: float | None = None  # time.time() past which nobody waits for it
+    future: Any = None  # its result's future; cancelled once its caller gave up
+
+    def given_up(self, now: float) -> bool:
+        """Nobody waits for this item's answer any more."""
+        cancelled = self.future is not None and self.future.cancelled()
+        return cancelled or (self.deadline is not None and now >= self.deadline)
 
 
 def parameters_key(parameters: dict[str, Any]) -> str:

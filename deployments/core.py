@@ -53,7 +53,8 @@ class ReplicaCore:
 
     def enqueue(self, item: BatchItem) -> asyncio.Future:
         """Queue one batch item; its future gets the item's outputs or its error."""
-        return self.batcher.enqueue(item)
+        item.future = self.batcher.enqueue(item)
+        return item.future
 
     async def predict_many(self, host: ModelHost, requests: list[PredictRequest]) -> list[Answer]:
         """Answer every request of one handle call, each on its own."""
@@ -96,8 +97,7 @@ class ReplicaCore:
         for group in group_compatible(items):
             live = []
             for i in group:
-                deadline = items[i].deadline
-                if deadline is not None and now >= deadline:
+                if items[i].given_up(now):  # its caller's deadline passed, or it went away
                     results[i] = _late(items[i].host.name)
                 else:
                     live.append(i)
@@ -122,8 +122,17 @@ class ReplicaCore:
         host: ModelHost = members[0].host
         # In-flight requests keep their version loaded until they are answered.
         servable = host.table.versions[members[0].version].servable
+
+        def stop() -> bool:  # read on the inference thread by long calls (generation)
+            now = time.time()
+            return all(m.given_up(now) for m in members)
+
         call = functools.partial(
-            servable.infer, members[0].signature, concat_inputs(members), members[0].parameters
+            servable.infer,
+            members[0].signature,
+            concat_inputs(members),
+            members[0].parameters,
+            stop,
         )
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self.executor, call)

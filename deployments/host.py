@@ -304,14 +304,18 @@ class ModelHost:
             future.cancel()
 
     async def generate_stream(
-        self, text: str, max_new_tokens: int, parameters: dict[str, Any]
+        self,
+        text: str,
+        max_new_tokens: int,
+        parameters: dict[str, Any],
+        deadline: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream one completion from the default version (text-generation models)."""
         with self.using(PredictRequest({})) as version:
             stream = getattr(version.servable, "generate_stream", None)
             if stream is None:
                 raise ServingError(f"model '{self.name}' cannot stream")
-            async for item in stream(text, max_new_tokens, parameters):
+            async for item in stream(text, max_new_tokens, parameters, deadline):
                 yield item
 
     # --- status, metadata, statistics ---------------------------------------------------

@@ -247,10 +247,14 @@ class PoolReplica:
         return autoscaling_stats(self.core)
 
     async def generate_stream(
-        self, text: str, max_new_tokens: int, parameters: dict[str, Any]
+        self,
+        text: str,
+        max_new_tokens: int,
+        parameters: dict[str, Any],
+        deadline: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         host = await self._host()
-        async for item in host.generate_stream(text, max_new_tokens, parameters):
+        async for item in host.generate_stream(text, max_new_tokens, parameters, deadline):
             yield item
 
     async def model_status(

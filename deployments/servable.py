@@ -7,6 +7,7 @@ new version can load beside the one serving and take over without a restart.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ import numpy as np
 
 from deployments.signature import Signature, prepare_inputs
 from serve_app.config import ModelSpec
-from serve_app.errors import InvalidInput
+from serve_app.errors import InvalidInput, UnknownSignature
 
 DEFAULT_SIGNATURE = "serving_default"
+# True once nobody waits for a model call's answer (deadlines passed, callers gone).
+StopCheck = Callable[[], bool]
 
 
 class Servable:
@@ -43,11 +46,16 @@ class Servable:
         raise NotImplementedError
 
     def infer(
-        self, signature: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+        self,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        parameters: dict[str, Any],
+        stop: StopCheck | None = None,
     ) -> dict[str, np.ndarray]:
         """One blocking model call on a batch; every output has the batch's rows in dim 0.
 
-        Every row of the batch shares ``parameters`` (requests are grouped by them).
+        Every row of the batch shares ``parameters`` (requests are grouped by them). A long
+        call (generation) ends early once ``stop()`` is true: nobody waits for it any more.
         """
         raise NotImplementedError
 
@@ -102,7 +110,7 @@ class Servable:
         signatures = self.signatures()
         chosen = name or DEFAULT_SIGNATURE
         if chosen not in signatures:
-            raise InvalidInput(
+            raise UnknownSignature(
                 f"model '{self.name}' has no signature '{chosen}'"
                 f" (available: {', '.join(signatures)})"
             )

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.dtypes import tf_datatype, v2_datatype
+from serve_app.dtypes import first_misfit_array, out_of_range, tf_datatype, v2_datatype
 from serve_app.errors import InvalidInput
 from serve_app.request import INTERNAL_PREFIX
 
@@ -228,4 +228,10 @@ def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
         raise InvalidInput(f"input '{spec.name}' expects integers ({spec.dtype.name})")
     if spec.dtype.kind == "b" and array.dtype.kind != "b":
         raise InvalidInput(f"input '{spec.name}' expects booleans")
+    if array.dtype != spec.dtype:
+        # A cast would wrap (300 -> int8 44), saturate (1e20 -> int32 INT_MIN) or round to
+        # infinity (1e300 -> float32): refuse the value instead, as the V2 codec does.
+        misfit = first_misfit_array(array, spec.dtype)
+        if misfit is not None:
+            raise InvalidInput(out_of_range(spec.name, misfit, spec.dtype, spec.dtype.name))
     return array.astype(spec.dtype, copy=False)

@@ -16,7 +16,7 @@ import numpy as np
 from ray import serve
 
 from deployments.base import ModelDeployment
-from deployments.servable import DEFAULT_SIGNATURE, Servable
+from deployments.servable import DEFAULT_SIGNATURE, Servable, StopCheck
 from deployments.signature import UNBATCHED_ROW, Signature, TensorSpec
 from serve_app.errors import InvalidInput, ModelLoadError
 
@@ -137,7 +137,11 @@ class TensorFlowModel(Servable):
         return serialized_examples(serialized)
 
     def infer(
-        self, signature: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+        self,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        parameters: dict[str, Any],
+        stop: StopCheck | None = None,
     ) -> dict[str, np.ndarray]:
         if self._keras_model is not None:
             return self._infer_keras(inputs)

@@ -54,7 +54,13 @@ class TensorFlowError(ServingError):
 def serving_error(model: str, signature: str, exc: Any) -> ServingError:
     """The client's error for a ``tf.errors.OpError`` raised by one model call."""
     code = getattr(exc, "error_code", UNKNOWN)
-    message = f"model '{model}' signature '{signature}': {op_error_text(exc)}"
+    error = _serving_error(f"model '{model}' signature '{signature}': {op_error_text(exc)}", code)
+    # gRPC clients get TensorFlow's own code, as TF Serving passes it on.
+    error.grpc_code = code
+    return error
+
+
+def _serving_error(message: str, code: int) -> ServingError:
     status = HTTP_STATUS.get(code, 500)
     # The project's own classes where one has that status, so every layer sees the usual type.
     if status == 400:

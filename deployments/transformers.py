@@ -7,6 +7,9 @@ run code. torch and transformers are imported inside ``load``.
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,9 @@ from deployments.generation import (
     cut_at_stop,
     parse_generation_parameters,
 )
-from deployments.servable import DEFAULT_SIGNATURE, Servable
+from deployments.servable import DEFAULT_SIGNATURE, Servable, StopCheck
 from deployments.signature import Signature, TensorSpec
-from serve_app.errors import InvalidInput
+from serve_app.errors import DeadlineExceeded, InvalidInput
 
 STRING = np.dtype(object)
 INT32 = np.dtype("int32")
@@ -33,6 +36,8 @@ MAX_NEW_TOKENS_LIMIT = 1024
 # No token of these tokenizers spans more characters (WordPiece reads at most 100 per word),
 # so a text cut at this many characters per token of context tokenizes as the whole text.
 MAX_CHARS_PER_TOKEN = 100
+# A stream whose model produces no token for this long ends with an error event.
+STREAM_GAP_S = 60.0
 
 
 def _spec(name: str, dtype: np.dtype, shape: tuple[int, ...], **kw: Any) -> TensorSpec:
@@ -143,7 +148,11 @@ class TransformersModel(Servable):
                 )
 
     def infer(
-        self, signature: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any]
+        self,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        parameters: dict[str, Any],
+        stop: StopCheck | None = None,
     ) -> dict[str, np.ndarray]:
         texts = _texts(inputs["text"])
         with self._torch.inference_mode():
@@ -152,7 +161,7 @@ class TransformersModel(Servable):
             if self.spec.task == "text-classification":
                 return self._classify(texts)
             settings = parse_generation_parameters(parameters)
-            return self._generate(texts, inputs["max_new_tokens"], settings)
+            return self._generate(texts, inputs["max_new_tokens"], settings, stop)
 
     def _encode(self, texts: list[str]) -> Any:
         # The tokenizer reads a whole text before truncating it: cut what cannot fit first.
@@ -185,7 +194,11 @@ class TransformersModel(Servable):
         }
 
     def _generate(
-        self, texts: list[str], budgets: np.ndarray, settings: GenerationParameters
+        self,
+        texts: list[str],
+        budgets: np.ndarray,
+        settings: GenerationParameters,
+        stop: StopCheck | None = None,
     ) -> dict[str, np.ndarray]:
         columns: dict[str, list[Any]] = {
             name: [None] * len(texts)
@@ -194,7 +207,7 @@ class TransformersModel(Servable):
         # One generate call per distinct max_new_tokens: rows in a call share that setting.
         for budget in np.unique(budgets):
             rows = np.flatnonzero(budgets == budget).tolist()
-            results = self._generate_rows([texts[i] for i in rows], int(budget), settings)
+            results = self._generate_rows([texts[i] for i in rows], int(budget), settings, stop)
             for row, result in zip(rows, results):
                 for name, value in result.items():
                     columns[name][row] = value
@@ -207,7 +220,9 @@ class TransformersModel(Servable):
             "_completion_tokens": np.array(columns["_completion_tokens"], dtype=np.int32),
         }
 
-    def _generate_kwargs(self, budget: int, settings: GenerationParameters) -> dict[str, Any]:
+    def _generate_kwargs(
+        self, budget: int, settings: GenerationParameters, stop: StopCheck | None
+    ) -> dict[str, Any]:
         if settings.seed is not None:
             self._torch.manual_seed(settings.seed)  # model calls run one at a time
         kwargs: dict[str, Any] = {
@@ -215,16 +230,23 @@ class TransformersModel(Servable):
             "do_sample": settings.sampling,
             "pad_token_id": self._tokenizer.pad_token_id,
         }
+        if stop is not None:
+            kwargs["stopping_criteria"] = stopping_criteria(self._torch, stop)
         if settings.sampling:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
         return kwargs
 
     def _generate_rows(
-        self, texts: list[str], budget: int, settings: GenerationParameters
+        self,
+        texts: list[str],
+        budget: int,
+        settings: GenerationParameters,
+        stop: StopCheck | None = None,
     ) -> list[dict[str, Any]]:
         encoded = self._encode(texts)
         width = encoded["input_ids"].shape[1]
-        generated = self._model.generate(**encoded, **self._generate_kwargs(budget, settings))
+        kwargs = self._generate_kwargs(budget, settings, stop)
+        generated = self._model.generate(**encoded, **kwargs)
         eos = self._tokenizer.eos_token_id
         results = []
         for row, ids in enumerate(generated[:, width:].tolist()):
@@ -244,10 +266,19 @@ class TransformersModel(Servable):
         return results
 
     async def generate_stream(
-        self, text: str, max_new_tokens: int, parameters: dict[str, Any]
+        self,
+        text: str,
+        max_new_tokens: int,
+        parameters: dict[str, Any],
+        deadline: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream one completion as it is generated: ``{"text": delta}`` items, then a final
-        ``{"finish_reason", "prompt_tokens", "completion_tokens"}`` item."""
+        ``{"finish_reason", "prompt_tokens", "completion_tokens"}`` item.
+
+        Generation stops at the next token once the stream's consumer is gone (the client
+        disconnected) or ``deadline`` (``time.time()``) passed; then the stream ends with
+        a 504 error, not with silence.
+        """
         if self.spec.task != "text-generation":
             raise InvalidInput(f"model '{self.name}' is not a text-generation model")
         inputs = {
@@ -258,9 +289,14 @@ class TransformersModel(Servable):
         settings = parse_generation_parameters(parameters)
         from transformers import TextIteratorStreamer
 
-        streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, timeout=60)
+        gone = threading.Event()
+
+        def stop() -> bool:
+            return gone.is_set() or (deadline is not None and time.time() >= deadline)
+
+        streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, timeout=STREAM_GAP_S)
         encoded = self._encode([text])
-        kwargs = {**self._generate_kwargs(max_new_tokens, settings), "streamer": streamer}
+        kwargs = {**self._generate_kwargs(max_new_tokens, settings, stop), "streamer": streamer}
 
         def run() -> Any:
             with self._torch.inference_mode():
@@ -270,15 +306,27 @@ class TransformersModel(Servable):
         generation = loop.run_in_executor(self._executor, run)
         scanner = StopScanner(settings.stop)
         pieces = iter(streamer)
-        while not scanner.stopped:
-            piece = await asyncio.to_thread(next, pieces, None)
-            if piece is None:
-                break
-            if delta := scanner.feed(piece):
-                yield {"text": delta}
-        if tail := scanner.finish():
-            yield {"text": tail}
-        generated = await generation  # a stop sequence ends the stream, not the generation
+        try:
+            while not scanner.stopped:
+                try:
+                    piece = await asyncio.to_thread(next, pieces, None)
+                except queue.Empty:
+                    raise DeadlineExceeded(
+                        f"model '{self.name}' produced no token for {STREAM_GAP_S:g} s"
+                    ) from None
+                if piece is None:
+                    break
+                if delta := scanner.feed(piece):
+                    yield {"text": delta}
+            if stop():
+                raise DeadlineExceeded(
+                    f"model '{self.name}' did not finish within the request's deadline"
+                )
+            if tail := scanner.finish():
+                yield {"text": tail}
+            generated = await generation  # a stop sequence ends the stream, not the generation
+        finally:
+            gone.set()  # a consumer that went away (or an error) stops the generation too
         ids = generated[0, encoded["input_ids"].shape[1] :].tolist()
         eos = self._tokenizer.eos_token_id
         length = ids.index(eos) if eos in ids else len(ids)
@@ -294,6 +342,17 @@ class TransformersModel(Servable):
 
 def _texts(column: np.ndarray) -> list[str]:
     return [t.decode() if isinstance(t, bytes) else t for t in column.tolist()]
+
+
+def stopping_criteria(torch: Any, stop: StopCheck) -> Any:
+    """A generation stopping criterion that ends every row once ``stop()`` is true."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenNobodyWaits(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), stop(), dtype=torch.bool)
+
+    return StoppingCriteriaList([StopWhenNobodyWaits()])
 
 
 def check_texts(column: np.ndarray, name: str) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.errors import ModelUnavailable, NotFound
+from serve_app.errors import ModelUnavailable, NotFound, UnknownLabel
 
 LOADING, AVAILABLE, UNLOADING, END = "LOADING", "AVAILABLE", "UNLOADING", "END"
 # A version that failed is tried again after this long (it may have been half-uploaded).
@@ -68,7 +68,7 @@ class VersionTable:
         if label is not None:
             if label not in labels:
                 known = ", ".join(sorted(labels)) or "none"
-                raise NotFound(
+                raise UnknownLabel(
                     f"model '{self.model}' has no version label '{label}' (labels: {known})"
                 )
             version = labels[label]

@@ -78,15 +78,18 @@ class HotRoutes:
             return
         ctx = guard.current() or guard.CallContext()
         headers = scope.get("serve_app.headers") or {}
+        body = b""
         try:
             limit = self.plane.settings.max_request_bytes
-            body = await read_body(receive, headers.get("content-length"), limit)
+            body = await read_body(receive, headers.get("content-length"), limit, self.plane.bodies)
             reply: Reply | StreamReply = await handler(self.plane, ctx, body, headers)
         except ServingError as exc:
             reply = error_reply(path, exc)
         except Exception as exc:  # a bug of ours: the protocol's 500 body, never a traceback
             logger.exception("unexpected error in the ingress")
             reply = error_reply(path, ServingError(f"internal error ({type(exc).__name__})"))
+        finally:
+            self.plane.bodies.give(len(body))
         assert isinstance(reply, Reply)
         await reply.send(send)
 

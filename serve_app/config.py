@@ -77,7 +77,9 @@ class ResourceSpec(_Strict):
     when its framework sees no CUDA device; without it, that replica fails to load.
     """
 
-    num_cpus: Annotated[float, Field(ge=0)] = 0.5
+    # A small share by default, so a small machine holds many small models (Ray reserves
+    # CPUs for scheduling only; a replica computes on whatever cores are free).
+    num_cpus: Annotated[float, Field(ge=0)] = 0.1
     num_gpus: Annotated[float, Field(ge=0)] = 0
     memory: Annotated[int, Field(ge=0, description="bytes")] | None = None
     accelerator_type: AcceleratorType | None = None
@@ -255,12 +257,17 @@ class OverloadSpec(_Strict):
 class IngressSpec(_Strict):
     """The HTTP ingress deployment."""
 
-    num_cpus: Annotated[float, Field(ge=0)] = 0.1
+    # 0: the endpoint comes up whatever CPUs the models reserved; a model that cannot be
+    # placed answers 503 with the reason, instead of every request hanging.
+    num_cpus: Annotated[float, Field(ge=0)] = 0.0
     num_replicas: Annotated[int, Field(ge=1)] = 1
     # Ray node labels the ingress replicas must run on (Ray's label_selector), e.g. the CPU
     # worker group on KubeRay, so that an ingress replica never keeps a GPU node up.
     label_selector: LabelSelector | None = None
     max_request_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    # Bytes of request bodies held at once by one ingress replica, over all requests; past
+    # it a request gets 503 with Retry-After (at least max_request_bytes).
+    max_buffered_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
     # Instances (rows, prompts, texts) in one request; more is refused with 413 before dispatch.
     max_instances_per_request: Annotated[int, Field(ge=1)] = 4096
     # Deadline of a model call; the X-Request-Timeout-Seconds header may ask for another one,
@@ -280,6 +287,11 @@ class IngressSpec(_Strict):
 
     @model_validator(mode="after")
     def _timeouts(self) -> IngressSpec:
+        if self.max_buffered_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"max_buffered_bytes ({self.max_buffered_bytes}) is below max_request_bytes"
+                f" ({self.max_request_bytes}): no request of the largest size could be read"
+            )
         if self.request_timeout_s > self.max_request_timeout_s:
             raise ValueError(
                 f"request_timeout_s ({self.request_timeout_s:g}) exceeds max_request_timeout_s"

@@ -31,6 +31,7 @@ from serve_app.errors import (
 )
 from serve_app.fleet_status import FleetStatus
 from serve_app.guard import CallContext, Settings
+from serve_app.limits import BodyBudget
 from serve_app.pool_catalog import MISS_REFRESH_S, PoolCatalog, PoolView
 from serve_app.request import PredictRequest
 
@@ -73,6 +74,8 @@ class DataPlane:
         self.pools = PoolCatalog(pools, set(handles))
         self.fleet = FleetStatus(app_name, [*handles, *pools], self._stuck_models, self.fail_model)
         self._coalescers: dict[str, Coalescer] = {}
+        # Request bodies held by this ingress replica, whichever transport read them.
+        self.bodies = BodyBudget(settings.max_buffered_bytes, settings.retry_after_s)
 
     # --- lookup ----------------------------------------------------------------------------
 
@@ -239,6 +242,17 @@ class DataPlane:
         response = getattr(handle, method).remote(*args)
         return await self.answer(ctx, name, response, response.cancel)
 
+    async def model_ready(
+        self, ctx: CallContext, name: str, version: int | None = None, label: str | None = None
+    ) -> bool:
+        """Whether a model (version) can answer now: False while it cannot (failed, loading),
+        404 if it does not exist."""
+        try:
+            await self.call(ctx, name, "model_io", version, label)
+        except ModelUnavailable:
+            return False
+        return True
+
     async def answer(
         self,
         ctx: CallContext,
@@ -283,11 +297,23 @@ class DataPlane:
         self, ctx: CallContext, name: str, kinds: tuple[str, ...], *args: Any
     ) -> tuple[Any, AsyncIterator[Any]]:
         """A streaming generation: its first item (awaited here, so a bad request still
-        gets an error status) and the rest."""
+        gets an error status) and the rest, each within the request's deadline. The model
+        stops generating at the deadline or when the stream is closed (client gone)."""
         handle = await self.lookup(ctx, name, kinds)
-        items = handle.options(stream=True).generate_stream.remote(*args)
+        deadline = None if ctx.deadline is None else time.time() + ctx.remaining_s()
+        items = handle.options(stream=True).generate_stream.remote(*args, deadline)
         first = await self.answer(ctx, name, items.__anext__(), cancel=items.cancel)
-        return first, items
+        return first, self._rest_of_stream(ctx, name, items)
+
+    async def _rest_of_stream(self, ctx: CallContext, name: str, items: Any) -> AsyncIterator[Any]:
+        try:
+            while True:
+                try:
+                    yield await self.answer(ctx, name, items.__anext__(), cancel=items.cancel)
+                except StopAsyncIteration:
+                    return
+        finally:
+            items.cancel()  # the client went away, or the stream failed: stop generating
 
     # --- readiness -------------------------------------------------------------------------
 

@@ -12,6 +12,9 @@ class ServingError(Exception):
 
     status_code = 500
     headers: dict[str, str] = {}  # extra response headers (Retry-After, WWW-Authenticate)
+    # The canonical status code number (absl's = gRPC's) where the error carries one exactly,
+    # a TensorFlow error's own; None: gRPC derives it from status_code (serve_app/grpc/status.py).
+    grpc_code: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -27,10 +30,20 @@ class InvalidInput(ServingError):
     status_code = 400
 
 
+class UnknownSignature(InvalidInput):
+    """A model has no signature of the name a request gives (400). Its own class because TF
+    Serving's gRPC ``Predict`` answers it FAILED_PRECONDITION, not INVALID_ARGUMENT."""
+
+
 class NotFound(ServingError):
     """Unknown model, version, label or signature (404)."""
 
     status_code = 404
+
+
+class UnknownLabel(NotFound):
+    """A model has no version label of the name a request gives (404 on REST; TF Serving's
+    gRPC answers INVALID_ARGUMENT, "Unrecognized servable version label")."""
 
 
 class PayloadTooLarge(ServingError):
@@ -68,6 +81,13 @@ class Unauthorized(ServingError):
 
     status_code = 401
     headers = {"WWW-Authenticate": 'Bearer realm="serve-app"'}
+
+
+class Unimplemented(ServingError):
+    """A call this server does not offer, such as a MultiInference task that is neither
+    classify nor regress (501; gRPC UNIMPLEMENTED)."""
+
+    status_code = 501
 
 
 class ModelLoadError(ServingError):

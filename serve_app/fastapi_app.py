@@ -94,8 +94,12 @@ def build_fastapi_app(plane: DataPlane) -> FastAPI:
     @api.post("/v1/completions")
     async def post_openai_completions(request: Request) -> Response:
         limit = plane.settings.max_request_bytes
-        body = await read_body(request.receive, request.headers.get("content-length"), limit)
-        return _response(await openai.completions(plane, ctx(), body))
+        declared = request.headers.get("content-length")
+        body = await read_body(request.receive, declared, limit, plane.bodies)
+        try:
+            return _response(await openai.completions(plane, ctx(), body))
+        finally:
+            plane.bodies.give(len(body))
 
     # --- errors ----------------------------------------------------------------------------
 

@@ -28,6 +28,12 @@ WATCH_INTERVAL_S = 1.0
 _FAILED = {"DEPLOY_FAILED", "UNHEALTHY"}
 # The load error's own message, without the traceback Serve wraps around it.
 _LOAD_ERROR = re.compile(r"(?:ModelLoadError|NotFound|ConfigError): (.+)")
+# Serve's status message for replicas that wait for resources (deployment_state.py).
+_UNPLACED = re.compile(
+    r"to be scheduled\..*Resources required for each replica: (?P<required>\{.*?\}),"
+    r" total resources available: (?P<available>\{.*?\})",
+    re.DOTALL,
+)
 
 
 @dataclass(frozen=True)
@@ -143,12 +149,22 @@ class FleetStatus:
         return 1 if health is None else health.running_replicas
 
     def failure(self, name: str) -> ModelUnavailable | None:
-        """The 503 for ``name`` if it has no replica that can answer and Serve gave up."""
+        """The 503 for ``name`` if it has no replica that can answer and none is coming:
+        Serve gave up on it, or its replicas cannot be placed on the cluster."""
         health = self.health.get(name)
-        if health is None or health.running_replicas > 0 or health.status not in _FAILED:
+        if health is None or health.running_replicas > 0:
             return None
-        reason = summarize_failure(health.message)
-        return ModelUnavailable(f"model '{name}' is not available: {reason}")
+        if health.status in _FAILED:
+            reason = summarize_failure(health.message)
+            return ModelUnavailable(f"model '{name}' is not available: {reason}")
+        unplaced = _UNPLACED.search(health.message)
+        if unplaced is not None:
+            return ModelUnavailable(
+                f"model '{name}' cannot be placed: each replica asks for"
+                f" {unplaced['required']}, the cluster has {unplaced['available']} free"
+                " (lower its resources, or add nodes)"
+            )
+        return None
 
     def check(self, name: str) -> None:
         """Raise ModelUnavailable (503) if ``name`` has no replica that can answer."""

@@ -36,6 +36,7 @@ class Settings:
     """The ingress settings the guards use, from ``IngressSpec`` (defaults included)."""
 
     max_request_bytes: int = _DEFAULTS.max_request_bytes
+    max_buffered_bytes: int = _DEFAULTS.max_buffered_bytes
     max_instances_per_request: int = _DEFAULTS.max_instances_per_request
     request_timeout_s: float = _DEFAULTS.request_timeout_s
     max_request_timeout_s: float = _DEFAULTS.max_request_timeout_s
@@ -55,6 +56,7 @@ class Settings:
             tokens += [t.strip() for t in value.split(",") if t.strip()]
         return cls(
             max_request_bytes=spec.max_request_bytes,
+            max_buffered_bytes=spec.max_buffered_bytes,
             max_instances_per_request=spec.max_instances_per_request,
             request_timeout_s=spec.request_timeout_s,
             max_request_timeout_s=spec.max_request_timeout_s,
@@ -119,22 +121,50 @@ def deadline_margin(timeout_s: float) -> float:
     return min(0.5, max(0.05, 0.1 * timeout_s))
 
 
-def check_auth(authorization: str | None, tokens: tuple[str, ...]) -> None:
-    """Raise 401 unless ``authorization`` is ``Bearer <one of tokens>`` (no tokens: open)."""
+def check_auth(authorization: bytes | str | None, tokens: tuple[str, ...]) -> None:
+    """Raise 401 unless ``authorization`` is ``Bearer <one of tokens>`` (no tokens: open).
+
+    Tokens are compared as UTF-8 bytes. Pass the header's bytes as they arrived: HTTP header
+    values are bytes (an ASGI server hands them over as such), and a non-ASCII token reaches
+    us as its UTF-8 bytes. A ``str`` is taken as text and encoded as UTF-8 (gRPC metadata).
+    """
     if not tokens:
         return
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
+    if isinstance(authorization, str):
+        try:
+            authorization = authorization.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no token is spelled so
+            raise Unauthorized("invalid bearer token") from None
+    scheme, _, given = (authorization or b"").partition(b" ")
+    given = given.strip(b" \t")
+    if scheme.lower() != b"bearer" or not given:
         raise Unauthorized("missing bearer token (header Authorization: Bearer <token>)")
-    given_bytes = given.strip().encode()
     # Compare against every token, so the time taken does not tell which one nearly matched.
-    matches = [hmac.compare_digest(given_bytes, t.encode()) for t in tokens]
+    matches = [hmac.compare_digest(given, token_bytes(t)) for t in tokens]
     if not any(matches):
         raise Unauthorized("invalid bearer token")
 
 
-def is_open(path: str) -> bool:
-    return path.rstrip("/").endswith(OPEN_PATHS)
+def token_bytes(token: str) -> bytes:
+    """A configured token as the bytes a client sends: UTF-8. A token read from the
+    environment that is not valid UTF-8 keeps its bytes (Python decoded it with
+    surrogateescape)."""
+    return token.encode("utf-8", "surrogateescape")
+
+
+def header_bytes(value: str | None) -> bytes | None:
+    """A header value of ``scope["serve_app.headers"]`` back as the bytes that arrived: the
+    middleware decodes them as latin-1, which maps each byte to one character and back."""
+    return None if value is None else value.encode("latin-1")
+
+
+def is_open(path: str, root_path: str = "") -> bool:
+    """Whether ``path`` is a health probe, which answers without a token. Only the probes
+    themselves, below the application's prefix (``root_path``): a suffix is not enough, so
+    no model route can ever end in one and go unguarded."""
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :]
+    return path.rstrip("/") in OPEN_PATHS
 
 
 class GuardMiddleware:
@@ -168,8 +198,8 @@ class GuardMiddleware:
         token = _state.set(ctx)
         try:
             try:
-                if config.tokens and not is_open(path):
-                    check_auth(headers.get("authorization"), config.tokens)
+                if config.tokens and not is_open(path, scope.get("root_path", "")):
+                    check_auth(header_bytes(headers.get("authorization")), config.tokens)
                 timeout = effective_timeout(headers.get(TIMEOUT_HEADER), config)
             except ServingError as exc:
                 await error_reply(path, exc).send(send_tracking)

@@ -14,16 +14,25 @@ from typing import Any
 
 import numpy as np
 
+from serve_app.dtypes import first_misfit, number_text, value_range
 from serve_app.errors import InvalidInput
 from serve_app.request import PredictRequest
 
-# TF Serving matches these paths case-insensitively (http_rest_api_util.cc).
+# TF Serving matches these paths case-insensitively (http_rest_api_util.cc); its RE2 ``\d``
+# is ASCII, while Python's would take any Unicode digit ("٣"), so the class is spelled out.
 _MODEL_PATH = re.compile(
-    r"^(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<suffix>/metadata|:predict|:classify|:regress)?$",
+    r"(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>-?[0-9]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<suffix>/metadata|:predict|:classify|:regress)?",
     re.IGNORECASE,
 )
+# Versions are int64: 18 digits always fit (and int() of thousands of digits would raise).
+MAX_VERSION_DIGITS = 18
+# Deeper JSON than any tensor's rank (numpy 1 allows 32 dimensions) is refused before any
+# recursion or numpy sees it.
+MAX_DEPTH = 32
+_INT64 = np.dtype(np.int64)
+_FLOAT32 = np.dtype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -38,18 +47,27 @@ class ModelPath:
 
 def parse_model_path(path: str) -> ModelPath:
     """Parse the part of a TF Serving REST path after ``/v1/models/``."""
-    match = _MODEL_PATH.match(path)
+    match = _MODEL_PATH.fullmatch(path)
     if match is None:
         # TF Serving answers INVALID_ARGUMENT "Malformed request" (400), as for a bad body.
         raise InvalidInput(
-            f"Malformed request: /v1/models/{path} (expected /v1/models/<name>"
-            "[/versions/<n>|/labels/<label>][/metadata|:predict|:classify|:regress])"
+            f"Malformed request: /v1/models/{path[:200]} (expected /v1/models/<name>"
+            "[/versions/<n>|/labels/<label>][/metadata|:predict|:classify|:regress],"
+            " <n> in ASCII digits)"
         )
     suffix = (match["suffix"] or "").lower().lstrip("/:")
-    version = int(match["version"]) if match["version"] is not None else None
-    if version is not None and version < 0:
-        raise InvalidInput(f"version must be a non-negative integer, got {version}")
-    return ModelPath(match["name"], version, match["label"], suffix or "status")
+    return ModelPath(match["name"], _version(match["version"]), match["label"], suffix or "status")
+
+
+def _version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if text.startswith("-") or len(text) > MAX_VERSION_DIGITS:
+        raise InvalidInput(
+            f"version must be a non-negative integer of at most {MAX_VERSION_DIGITS} digits,"
+            f" got '{text[:32]}{'...' if len(text) > 32 else ''}'"
+        )
+    return int(text)
 
 
 def _signature_name(body: Any, method: str, keys: tuple[str, ...]) -> str:
@@ -88,13 +106,54 @@ def decode_examples(body: Any, method: str) -> PredictRequest:
     if not isinstance(context, dict):
         raise InvalidInput("'context' must be an object of features")
     merged = []
+    checked = {name: _feature(name, value) for name, value in context.items()}
     for index, example in enumerate(examples):
         if not isinstance(example, dict):
             raise InvalidInput(f"examples[{index}] must be an object of features")
         # Features of an example override the context's features of the same name.
-        features = {**context, **example}
-        merged.append({name: _unwrap_b64(value, name) for name, value in features.items()})
+        own = {name: _feature(name, value) for name, value in example.items()}
+        merged.append({**checked, **own})
     return PredictRequest({}, signature, method=method, examples=merged)
+
+
+def _feature(name: str, value: Any) -> Any:
+    """A tf.Example feature as sent (b64 unwrapped), checked against what its protobuf list
+    holds: int64_list (int64 range), float_list (float32 range) or bytes_list (bytes, or
+    text that is valid Unicode). A value it cannot hold is refused here, not in the model."""
+    values = _unwrap_b64(value, name)
+    flat = values if isinstance(values, list) else [values]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+        kind, dtype = "int64_list", _INT64
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+        kind, dtype = "float_list", _FLOAT32
+    elif all(isinstance(v, (str, bytes)) for v in flat):
+        for item in flat:
+            if isinstance(item, str):
+                _check_text(item, f"feature '{name}'")
+        return values
+    else:
+        raise InvalidInput(
+            f"feature '{name}' must be integers, numbers, strings or b64 values, or a flat"
+            " list of one of these kinds (write booleans as 0 or 1)"
+        )
+    misfit = first_misfit(flat, dtype)
+    if misfit is not None:
+        raise InvalidInput(
+            f"feature '{name}' has value {number_text(misfit)}, out of range for a tf.Example"
+            f" {kind} ({value_range(dtype)})"
+        )
+    return values
+
+
+def _check_text(text: str, where: str) -> None:
+    """Text must encode as UTF-8: JSON's escapes can spell a lone surrogate (``"\\ud800"``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{where} has text that is not valid Unicode ({exc.reason} at character"
+            f' {exc.start}); send valid UTF-8 text, or bytes as {{"b64": ...}}'
+        ) from None
 
 
 def encode_classify(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -162,12 +221,36 @@ def _is_b64(value: Any) -> bool:
 
 
 def _unwrap_b64(value: Any, name: str) -> Any:
-    if isinstance(value, list):
-        return [_unwrap_b64(item, name) for item in value]
+    """``value`` with every ``{"b64": ...}`` decoded to bytes; nested lists are walked without
+    recursion, and refused past ``MAX_DEPTH`` (JSON may nest far deeper than a tensor)."""
+    if not isinstance(value, list):
+        return _unwrap_leaf(value, name)
+    top: list = []
+    stack: list[tuple[Any, list]] = [(iter(value), top)]
+    while stack:
+        items, out = stack[-1]
+        for item in items:
+            if isinstance(item, list):
+                if len(stack) >= MAX_DEPTH:
+                    raise InvalidInput(
+                        f"input '{name}' is nested more than {MAX_DEPTH} lists deep; a tensor"
+                        f" has at most {MAX_DEPTH} dimensions"
+                    )
+                inner: list = []
+                out.append(inner)
+                stack.append((iter(item), inner))
+                break
+            out.append(_unwrap_leaf(item, name))
+        else:
+            stack.pop()
+    return top
+
+
+def _unwrap_leaf(value: Any, name: str) -> Any:
     if _is_b64(value):
         try:
             return base64.b64decode(value["b64"], validate=True)
-        except (binascii.Error, TypeError):
+        except (binascii.Error, TypeError, ValueError):
             raise InvalidInput(f"input '{name}' has a 'b64' value that is not base64") from None
     if isinstance(value, dict):
         raise InvalidInput(f"input '{name}' contains an object; expected numbers, strings or b64")
@@ -187,11 +270,27 @@ def to_array(value: Any, name: str) -> np.ndarray:
         array = array.astype(object)
         if any(isinstance(item, (list, dict)) for item in array.flat):
             raise InvalidInput(f"input '{name}' is ragged: every row must have the same shape")
+        if all(isinstance(item, (int, float)) for item in array.flat):
+            return _wide_numbers(array, name)
         if not all(isinstance(item, (str, bytes)) for item in array.flat):
             raise InvalidInput(f"input '{name}' mixes strings and numbers")
     elif array.dtype.kind not in "biuf":
         raise InvalidInput(f"input '{name}' has unsupported values ({array.dtype})")
     return array
+
+
+def _wide_numbers(array: np.ndarray, name: str) -> np.ndarray:
+    """Numbers numpy keeps as objects (integers past 64 bits, or negative ones with ones past
+    int64): as float64, as TF Serving's JSON parser reads them. The signature's dtype then
+    takes them or names the value it cannot hold."""
+    try:
+        return array.astype(np.float64)
+    except OverflowError:
+        big = first_misfit(array.flat, np.dtype(np.float64))
+        raise InvalidInput(
+            f"input '{name}' has value {number_text(big)}, larger than any tensor dtype holds"
+            f" (float64: {value_range(np.dtype(np.float64))})"
+        ) from None
 
 
 def encode_predict(outputs: dict[str, np.ndarray], row_format: bool) -> dict[str, Any]:

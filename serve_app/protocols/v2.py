@@ -15,11 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.dtypes import V2_DATATYPES, numpy_dtype, v2_datatype
+from serve_app.dtypes import V2_DATATYPES, first_misfit, numpy_dtype, out_of_range, v2_datatype
 from serve_app.errors import InvalidInput
+from serve_app.jsonio import parse_json
 from serve_app.request import PredictRequest
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# A 32 MiB body's length has 8 digits; 18 always fit an int64, and int() of thousands would
+# raise (Python bounds the digits it converts).
+MAX_HEADER_LENGTH_DIGITS = 18
+# numpy 1 allows 32 dimensions (numpy 2: 64); no model takes more. Nested 'data' deeper than
+# this is refused before any recursion or numpy sees it.
+MAX_RANK = 32
+MAX_DIMENSION = 2**63 - 1  # dimensions are int64 in the protocol (and in its gRPC form)
+# One encoder: json.dumps with non-default options builds a new one for every call.
+_ENCODER = json.JSONEncoder(allow_nan=True, separators=(",", ":"))
 # Request parameters that steer the protocol, not the model.
 _PROTOCOL_PARAMETERS = {"binary_data_output", "signature_name", "priority", "timeout"}
 
@@ -37,10 +47,7 @@ class InferRequest:
 def decode_infer(body: bytes, header_length: str | None) -> InferRequest:
     """Parse an infer body, JSON or JSON header + binary tensor data."""
     header, binary = _split(body, header_length)
-    try:
-        document = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    document = parse_json(header)
     if not isinstance(document, dict):
         raise InvalidInput("infer request must be a JSON object with 'inputs'")
     unknown = sorted(set(document) - {"id", "parameters", "inputs", "outputs"})
@@ -80,11 +87,32 @@ def decode_infer(body: bytes, header_length: str | None) -> InferRequest:
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.isdigit() or int(header_length) > len(body):
+    # str.isdigit() takes "²" and "٣", which int() then refuses or reads: ASCII digits only.
+    digits = header_length.isascii() and header_length.isdigit()
+    if (
+        not digits
+        or len(header_length) > MAX_HEADER_LENGTH_DIGITS
+        or int(header_length) > len(body)
+    ):
         raise InvalidInput(
-            f"{HEADER_LENGTH} must be a byte count within the body ({len(body)} bytes)"
+            f"{HEADER_LENGTH} must be the length in bytes of the body's JSON header, in ASCII"
+            f" digits and at most the body's {len(body)} bytes; got {_brief(header_length)}"
         )
-    return body[: int(header_length)], body[int(header_length) :]
+    length = int(header_length)
+    return body[:length], body[length:]
+
+
+def _brief(value: Any) -> str:
+    """A value as sent, for a message: quoted, escaped and short."""
+    text = ascii(value) if isinstance(value, str) else _short_repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return "(an integer of thousands of digits)"
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -106,10 +134,8 @@ def _decode_tensor(
     name = tensor.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"inputs[{index}] needs a 'name'")
-    shape, datatype = tensor.get("shape"), tensor.get("datatype")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
-    if datatype not in V2_DATATYPES:
+    shape, datatype = _shape(tensor.get("shape"), name), tensor.get("datatype")
+    if not isinstance(datatype, str) or datatype not in V2_DATATYPES:
         raise InvalidInput(
             f"input '{name}': datatype {datatype!r} is not one of {', '.join(V2_DATATYPES)}"
         )
@@ -121,7 +147,7 @@ def _decode_tensor(
             raise InvalidInput(f"input '{name}': binary_data_size {size} exceeds the binary data")
         raw = binary[offset : offset + size]
         values = _from_binary(raw, datatype, count, name)
-        return name, values.reshape(shape), offset + size
+        return name, _reshape(values, shape, name), offset + size
     if "data" not in tensor:
         raise InvalidInput(f"input '{name}' has no 'data' (or binary_data_size)")
     values = _from_json(tensor["data"], datatype, name)
@@ -129,11 +155,38 @@ def _decode_tensor(
         raise InvalidInput(
             f"input '{name}': shape {shape} needs {count} values, 'data' has {values.size}"
         )
-    return name, values.reshape(shape), offset
+    return name, _reshape(values, shape, name), offset
+
+
+def _shape(shape: Any, name: str) -> list[int]:
+    """A tensor's shape: at most ``MAX_RANK`` int64 dimensions, each 0 or more."""
+    # bool is an int in Python, but true is no dimension.
+    if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+        raise InvalidInput(
+            f"input '{name}': 'shape' must be a list of non-negative integers, got {_brief(shape)}"
+        )
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(
+            f"input '{name}': 'shape' has {len(shape)} dimensions; at most {MAX_RANK} are supported"
+        )
+    for dimension in shape:
+        if not 0 <= dimension <= MAX_DIMENSION:
+            raise InvalidInput(
+                f"input '{name}': 'shape' must be a list of non-negative integers of at most"
+                f" 2^63-1 (int64), got dimension {_brief(dimension)}"
+            )
+    return shape
+
+
+def _reshape(values: np.ndarray, shape: list[int], name: str) -> np.ndarray:
+    try:
+        return values.reshape(shape)
+    except ValueError as exc:  # a zero dimension beside ones whose product passes 2^63
+        raise InvalidInput(f"input '{name}': shape {_brief(shape)} cannot be made: {exc}") from None
 
 
 def _from_json(data: Any, datatype: str, name: str) -> np.ndarray:
-    flat = list(_flatten(data if isinstance(data, list) else [data]))
+    flat = _flatten(data if isinstance(data, list) else [data], name)
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in flat):
             raise InvalidInput(f"input '{name}': BYTES data must be strings")
@@ -148,17 +201,39 @@ def _from_json(data: Any, datatype: str, name: str) -> np.ndarray:
     if dtype.kind in "iu" and not all(isinstance(v, int) for v in flat):
         raise InvalidInput(f"input '{name}': {datatype} data must be integers")
     try:
-        return np.array(flat, dtype=dtype)
+        with np.errstate(over="ignore"):  # a float past the dtype's range: named below
+            values = np.array(flat, dtype=dtype)
     except OverflowError:
-        raise InvalidInput(f"input '{name}': a value is out of range for {datatype}") from None
+        values = None
+    if values is None or (dtype.kind == "f" and not np.isfinite(values).all()):
+        misfit = first_misfit(flat, dtype)
+        if misfit is not None:
+            raise InvalidInput(out_of_range(name, misfit, dtype, datatype))
+        if values is None:
+            raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
+    return values
 
 
-def _flatten(data: list) -> Any:
-    for item in data:
-        if isinstance(item, list):
-            yield from _flatten(item)
+def _flatten(data: list, name: str) -> list:
+    """Nested lists of values, flat; without recursion, and refused past ``MAX_RANK`` deep."""
+    if not any(isinstance(item, list) for item in data):
+        return data
+    flat: list = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                if len(stack) >= MAX_RANK:
+                    raise InvalidInput(
+                        f"input '{name}': 'data' is nested more than {MAX_RANK} lists deep;"
+                        f" a tensor has at most {MAX_RANK} dimensions"
+                    )
+                stack.append(iter(item))
+                break
+            flat.append(item)
         else:
-            yield item
+            stack.pop()
+    return flat
 
 
 def _from_binary(raw: bytes, datatype: str, count: int, name: str) -> np.ndarray:
@@ -220,7 +295,7 @@ def encode_infer(
     if infer.id is not None:
         document["id"] = infer.id
     document["outputs"] = described
-    header = json.dumps(document, allow_nan=True, separators=(",", ":")).encode()
+    header = _ENCODER.encode(document).encode()
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)

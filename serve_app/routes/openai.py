@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 
+from serve_app import limits
 from serve_app.dataplane import CallContext, DataPlane
 from serve_app.errors import InvalidInput, ServingError
-from serve_app.http import Reply, StreamReply, json_reply, parse_json
+from serve_app.http import Reply, StreamReply, json_reply
+from serve_app.jsonio import parse_json
 from serve_app.protocols import openai
 from serve_app.request import PredictRequest
+
+logger = logging.getLogger("ray.serve")
 
 GENERATION, EMBEDDING = "text-generation", "feature-extraction"
 COMPLETION_OUTPUTS = ["_completion", "_finish_reason", "_prompt_tokens", "_completion_tokens"]
@@ -66,7 +71,7 @@ async def _stream(
 
 
 async def embeddings(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply:
-    request = openai.parse(openai.EmbeddingRequest, parse_json(body))
+    request = await limits.decode(len(body), _embedding_request, body)
     plane.check_instances(len(request.texts))
     predict_request = PredictRequest(
         {"text": np.array(request.texts, dtype=object)},
@@ -80,10 +85,15 @@ async def embeddings(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply:
     )
 
 
+def _embedding_request(body: bytes) -> openai.EmbeddingRequest:
+    return openai.parse(openai.EmbeddingRequest, parse_json(body))
+
+
 async def _events(
     stream: openai.CompletionStream, first: dict[str, Any], items: AsyncIterator[dict[str, Any]]
 ) -> AsyncIterator[bytes]:
-    """SSE chunks: text deltas, the finish reason, optional usage, then ``[DONE]``."""
+    """SSE chunks: text deltas, the finish reason, optional usage, then ``[DONE]``; a stream
+    that fails (model error, replica gone, deadline) sends an error event before it."""
     item: dict[str, Any] | None = first
     try:
         while item is not None:
@@ -96,4 +106,7 @@ async def _events(
             item = await anext(items, None)
     except ServingError as exc:
         yield stream.error(exc)
+    except Exception as exc:  # e.g. the replica died mid-stream
+        logger.warning("completion stream failed: %s: %s", type(exc).__name__, exc)
+        yield stream.error(ServingError(f"the stream failed ({type(exc).__name__})"))
     yield stream.done()

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from serve_app import limits
 from serve_app.dataplane import CallContext, DataPlane
 from serve_app.errors import NotFound
-from serve_app.http import Reply, json_reply, parse_json
+from serve_app.http import Reply, json_reply
+from serve_app.jsonio import parse_json
 from serve_app.protocols import tfserving
-from serve_app.request import CLASSIFY, PREDICT, REGRESS
+from serve_app.request import CLASSIFY, PREDICT, REGRESS, PredictRequest
+
+
+def _decode(plane: DataPlane, action: str, body: bytes) -> tuple[PredictRequest, bool]:
+    """A predict, classify or regress body; its instances are counted before they are
+    decoded (413 past ``max_instances_per_request``)."""
+    document = parse_json(body)
+    plane.check_instances(_instance_count(document))
+    if action == PREDICT:
+        return tfserving.decode_predict(document)
+    return tfserving.decode_examples(document, action), True
+
+
+def _instance_count(document: Any) -> int:
+    """Instances a body declares: rows of ``instances``, ``inputs`` or ``examples``."""
+    if not isinstance(document, dict):
+        return 0
+    value = next((document[k] for k in ("instances", "inputs", "examples") if k in document), None)
+    if isinstance(value, dict) and value:
+        value = next(iter(value.values()))
+    return len(value) if isinstance(value, list) else 1
 
 
 async def get(plane: DataPlane, ctx: CallContext, path: str) -> Reply:
@@ -30,12 +54,7 @@ async def post(plane: DataPlane, ctx: CallContext, path: str, body: bytes) -> Re
     if route.action not in (PREDICT, CLASSIFY, REGRESS):
         raise NotFound(f"/v1/models/{path}: POST needs :predict, :classify or :regress")
     await plane.lookup(ctx, route.name)
-    document = parse_json(body)
-    row_format = True
-    if route.action == PREDICT:
-        request, row_format = tfserving.decode_predict(document)
-    else:
-        request = tfserving.decode_examples(document, route.action)
+    request, row_format = await limits.decode(len(body), _decode, plane, route.action, body)
     request.version = route.version
     request.label = route.label
     _, outputs = await plane.infer(ctx, route.name, request)

@@ -7,9 +7,9 @@ metadata lists the served version in ``versions``.
 
 from __future__ import annotations
 
-from serve_app import __version__
+from serve_app import __version__, limits
 from serve_app.dataplane import CallContext, DataPlane
-from serve_app.errors import InvalidInput, ModelUnavailable, NotFound
+from serve_app.errors import InvalidInput, NotFound
 from serve_app.http import Reply, json_reply
 from serve_app.protocols import v2
 
@@ -46,9 +46,7 @@ async def model_metadata(
 async def model_ready(
     plane: DataPlane, ctx: CallContext, name: str, version: int | None, label: str | None = None
 ) -> Reply:
-    try:
-        await plane.call(ctx, name, "model_io", version, label)
-    except ModelUnavailable:
+    if not await plane.model_ready(ctx, name, version, label):
         return json_reply({"name": name, "ready": False}, status=503)
     return json_reply({"name": name, "ready": True})
 
@@ -63,7 +61,7 @@ async def infer(
     header_length: str | None,
 ) -> Reply:
     await plane.lookup(ctx, name)
-    decoded = v2.decode_infer(body, header_length)
+    decoded = await limits.decode(len(body), v2.decode_infer, body, header_length)
     decoded.request.version = version
     decoded.request.label = label
     served, outputs = await plane.infer(ctx, name, decoded.request)

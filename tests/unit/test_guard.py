@@ -110,11 +110,42 @@ def test_check_auth():
             guard.check_auth(header, (TOKEN,))
 
 
-def test_open_paths():
+def test_check_auth_compares_tokens_as_utf8_bytes():
+    token = "s3cret-t\u00f6k\u00e9n-\u2603-0123456789"
+    # ASGI hands header values over as bytes: a client sends a non-ASCII token as UTF-8.
+    guard.check_auth(b"Bearer " + token.encode("utf-8"), (TOKEN, token))
+    guard.check_auth(f"Bearer {token}", (token,))  # text (gRPC metadata): encoded as UTF-8
+    guard.check_auth(b"Bearer " + TOKEN.encode() + b" ", (TOKEN,))  # trailing space: ignored
+    for wrong in (
+        b"Bearer " + token.encode("latin-1", "replace"),  # the same text in another encoding
+        b"Bearer " + token.encode("utf-8")[:-1],
+        b"Bearer \xff\xfe",
+        "Bearer \ud800",  # a lone surrogate: no token is spelled so
+    ):
+        with pytest.raises(Unauthorized, match="invalid bearer token"):
+            guard.check_auth(wrong, (TOKEN, token))
+
+
+def test_tokens_from_the_environment_keep_their_bytes():
+    token = "t\u00f6ken-from-the-env-0123"
+    assert guard.token_bytes(token) == token.encode("utf-8")
+    # Python decodes environment bytes that are not UTF-8 with surrogateescape.
+    raw = b"tok\xffen-not-utf8-0123456"
+    assert guard.token_bytes(raw.decode("utf-8", "surrogateescape")) == raw
+
+
+def test_open_paths_are_the_probes_only():
     assert guard.is_open("/v2/health/live")
-    assert guard.is_open("/myapp/v2/health/ready/")
+    assert guard.is_open("/v2/health/ready/")
+    assert guard.is_open("/myapp/v2/health/ready/", "/myapp")
+    assert guard.is_open("/-/healthz")
     assert not guard.is_open("/v2/models/m/infer")
+    assert not guard.is_open("/v2/models/m/stats")
     assert not guard.is_open("/v1/completions")
+    # A route that merely ends in a probe's path is a model route: it needs the token.
+    assert not guard.is_open("/v1/models/m/v2/health/live")
+    assert not guard.is_open("/v2/models/m/stats/-/healthz")
+    assert not guard.is_open("/myapp/v2/models/v2/health/ready", "/myapp")
 
 
 def test_errors_pickle_with_their_status_and_headers():
@@ -132,7 +163,7 @@ def test_metrics_recording_never_raises_outside_ray():
     metrics.record_versions("m", 1)
 
 
-def _call(middleware, path: str, headers: dict[str, str]):
+def _call(middleware, path: str, headers: dict[str, str | bytes]):
     sent: list[dict] = []
     seen: dict = {}
 
@@ -153,7 +184,10 @@ def _call(middleware, path: str, headers: dict[str, str]):
         "type": "http",
         "method": "POST",
         "path": path,
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "headers": [
+            (k.lower().encode(), v if isinstance(v, bytes) else v.encode())
+            for k, v in headers.items()
+        ],
     }
     asyncio.run(middleware(app)(scope, receive, send))
     start = sent[0]
@@ -184,5 +218,20 @@ def test_middleware_refuses_without_token_in_the_protocol_body():
             {"Authorization": f"Bearer {TOKEN}", "X-Request-Timeout-Seconds": "soon"},
         )
         assert status == 400 and "X-Request-Timeout-Seconds" in json.loads(body)["error"]
+    finally:
+        guard.configure(guard.Settings())
+
+
+def test_middleware_accepts_a_non_ascii_token_sent_as_utf8():
+    token = "t\u00f6k\u00e9n-\u2603-0123456789"
+    guard.configure(guard.Settings(tokens=(token,)))
+    try:
+        header = b"Bearer " + token.encode("utf-8")
+        status, _, _, seen = _call(
+            guard.GuardMiddleware, "/v2/models/m/stats", {"Authorization": header}
+        )
+        assert status == 200 and seen
+        status, _, _, seen = _call(guard.GuardMiddleware, "/v2/models/m/stats", {})
+        assert status == 401 and not seen
     finally:
         guard.configure(guard.Settings())

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from serve_app.http import json_bytes
+from serve_app.jsonio import json_bytes
 
 
 def test_plain_bodies_equal_what_json_writes() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,11 @@ class Fragile:
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def infer(self, signature: str, inputs: dict, parameters: dict) -> dict[str, np.ndarray]:
+    def infer(
+        self, signature: str, inputs: dict, parameters: dict, stop: Any = None
+    ) -> dict[str, np.ndarray]:
         self.calls.append(len(inputs["x"]))
+        self.stop = stop
         if (inputs["x"] < 0).any():
             raise ValueError("the tokenizer choked on a row")
         return {"y": inputs["x"] * 2}
@@ -65,6 +69,22 @@ def test_a_failing_model_call_is_retried_apart_so_only_the_breaking_row_fails() 
     first, bad, third = asyncio.run(scenario())
     assert first["y"].tolist() == [2.0] and third["y"].tolist() == [6.0]
     assert isinstance(bad, ServingError) and "ValueError" in str(bad)
+
+
+def test_a_long_call_is_told_when_nobody_waits_for_it_any_more() -> None:
+    async def scenario() -> None:
+        model = Fragile()
+        core = ReplicaCore("m", 8, 0.0)
+        host = Host(model)
+        first, second = _item(host, 1.0), _item(host, 2.0, deadline=time.time() + 60)
+        await core._run_batch([first, second])
+        assert model.stop() is False  # both callers still wait
+        first.future = asyncio.get_running_loop().create_future()
+        first.future.cancel()  # its client went away
+        second.deadline = time.time() - 1  # its deadline passed
+        assert model.stop() is True
+
+    asyncio.run(scenario())
 
 
 def test_an_item_past_its_deadline_is_not_run() -> None:

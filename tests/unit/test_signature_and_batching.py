@@ -109,3 +109,54 @@ def test_batch_stats_shape() -> None:
             {"batch_size": 4, "compute_infer": {"count": 2}},
         ],
     }
+
+
+# --- out-of-range numbers: refused, never wrapped, saturated or rounded to infinity ---------
+
+
+@pytest.mark.parametrize(
+    ("dtype", "values", "fragment"),
+    [
+        ("int8", [1, 300], "value 300, out of range for int8 (-128 to 127)"),  # would be 44
+        ("int32", [1e20], "value 1e+20, out of range for int32 (-2147483648 to 2147483647)"),
+        ("int32", [2**32 + 5], "value 4294967301, out of range for int32"),  # would be 5
+        ("uint8", [-1], "value -1, out of range for uint8 (0 to 255)"),
+        ("int64", [2.0**63], "out of range for int64"),  # would be INT64_MIN
+        ("uint32", [2**32], "out of range for uint32 (0 to 4294967295)"),
+        ("float32", [1.0, 1e300], "value 1e+300, out of range for float32"),  # would be inf
+        ("float16", [70000], "value 70000, out of range for float16 (-65504 to 65504"),
+    ],
+)
+def test_values_the_signature_dtype_cannot_hold_are_400(dtype, values, fragment) -> None:
+    sig = signature(n=TensorSpec("n", np.dtype(dtype), (-1,)))
+    with pytest.raises(InvalidInput) as error:
+        prepare_inputs(sig, {"n": np.array(values)})
+    assert fragment in str(error.value) and "input 'n'" in str(error.value)
+
+
+def test_unsigned_64_bit_values_past_int64_are_refused() -> None:
+    sig = signature(n=TensorSpec("n", np.dtype("int64"), (-1,)))
+    with pytest.raises(InvalidInput, match="value 18446744073709551615, out of range for int64"):
+        prepare_inputs(sig, {"n": np.array([2**64 - 1], dtype=np.uint64)})
+
+
+def test_unbatched_signatures_check_ranges_too() -> None:
+    sig = Signature(
+        "s",
+        {"n": TensorSpec("n", np.dtype("int8"), ())},
+        {"y": TensorSpec("y", F32, ())},
+        batched=False,
+    )
+    with pytest.raises(InvalidInput, match="out of range for int8"):
+        prepare_inputs(sig, {"n": np.array(128)})
+
+
+def test_values_at_the_edges_and_non_finite_floats_are_kept() -> None:
+    ints = signature(n=TensorSpec("n", np.dtype("int8"), (-1,)))
+    assert prepare_inputs(ints, {"n": np.array([-128, 127.0])}).tensors["n"].tolist() == [-128, 127]
+    floats = signature(n=TensorSpec("n", F32, (-1,)))
+    edge = float(np.finfo(np.float32).max)
+    kept = prepare_inputs(floats, {"n": np.array([edge, np.inf, np.nan, 2**40])}).tensors["n"]
+    assert kept[0] == np.float32(edge) and np.isinf(kept[1]) and np.isnan(kept[2])
+    wide = signature(n=TensorSpec("n", np.dtype("float64"), (-1,)))
+    assert prepare_inputs(wide, {"n": np.array([1e300])}).tensors["n"][0] == 1e300

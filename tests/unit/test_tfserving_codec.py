@@ -118,3 +118,85 @@ def test_encode_classify_and_regress() -> None:
     }
     assert encode_classify(both) == {"results": [[["cat", 0.75], ["dog", 0.25]]]}
     assert encode_regress({"outputs": np.array([[3.0], [4.5]])}) == {"results": [3.0, 4.5]}
+
+
+# --- malformed input: 400 naming what was expected -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "fragment"),
+    [
+        ("digits/versions/\u0663:predict", "Malformed request"),  # Arabic-Indic 3: int() reads it
+        ("digits/versions/\u00b2:predict", "Malformed request"),  # superscript 2
+        ("digits/versions/" + "9" * 5000 + ":predict", "at most 18 digits"),  # int() refuses
+        ("digits/versions/" + "9" * 19, "at most 18 digits"),
+        ("digits/versions/-1:predict", "non-negative"),
+        ("digits:predict\n", "Malformed request"),  # `$` matched before a final newline
+    ],
+)
+def test_version_segments_are_ascii_digits_of_bounded_length(path: str, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment) as info:
+        parse_model_path(path)
+    assert info.value.status_code == 400
+    assert len(str(info.value)) < 400  # the message quotes the path, shortened
+
+
+def test_the_largest_version_of_18_digits_is_read() -> None:
+    assert parse_model_path("digits/versions/" + "9" * 18).version == 10**18 - 1
+
+
+@pytest.mark.parametrize(
+    ("feature", "fragment"),
+    [
+        (2**63, "value 9223372036854775808, out of range for a tf.Example int64_list"),
+        ([1, -(2**63) - 1], "out of range for a tf.Example int64_list"),
+        (1e39, "value 1e+39, out of range for a tf.Example float_list (-3.4028235e+38"),
+        ([1.5, 10**400], "out of range for a tf.Example float_list"),
+        (True, "write booleans as 0 or 1"),
+        ([1, True], "write booleans as 0 or 1"),
+        ([[1.0]], "flat"),
+        ([1, "a"], "of one of these kinds"),
+        (None, "integers, numbers, strings or b64"),
+        ("\ud800", "not valid Unicode"),
+    ],
+)
+def test_example_features_outside_their_protobuf_lists_are_400(feature, fragment) -> None:
+    from serve_app.protocols.tfserving import decode_examples
+
+    with pytest.raises(InvalidInput) as info:
+        decode_examples({"examples": [{"x": feature}]}, "regress")
+    assert fragment in str(info.value) and "feature 'x'" in str(info.value)
+    with pytest.raises(InvalidInput, match="feature 'x'"):  # the same in the context
+        decode_examples({"context": {"x": feature}, "examples": [{}]}, "regress")
+
+
+def test_example_features_at_the_edge_of_their_range_are_kept() -> None:
+    from serve_app.protocols.tfserving import decode_examples
+
+    edge = float(np.finfo(np.float32).max)
+    features = {"i": [-(2**63), 2**63 - 1], "f": [edge, float("nan"), 2**70], "s": "ünï"}
+    request = decode_examples({"examples": [features]}, "classify")
+    assert request.examples[0]["i"] == [-(2**63), 2**63 - 1]
+    assert request.examples[0]["f"][0] == edge and request.examples[0]["s"] == "ünï"
+
+
+def test_integers_past_64_bits_become_float64_for_the_signature_to_judge() -> None:
+    request, _ = decode_predict({"instances": [-1, 2**70]})
+    assert request.inputs[None].dtype == np.float64
+    assert request.inputs[None].tolist() == [-1.0, float(2**70)]
+    with pytest.raises(InvalidInput, match="larger than any tensor dtype holds"):
+        decode_predict({"instances": [1, 10**400]})
+
+
+@pytest.mark.parametrize("depth", [33, 700])
+def test_instances_nested_deeper_than_any_tensor_are_400_without_recursion(depth: int) -> None:
+    with pytest.raises(InvalidInput, match="nested more than 32 lists deep"):
+        decode_predict({"instances": _nest([1.0], depth)})
+    request, _ = decode_predict({"instances": _nest([1.0], 32)})
+    assert request.inputs[None].ndim == 32
+
+
+def _nest(value: list, depth: int) -> list:
+    for _ in range(depth - 1):
+        value = [value]
+    return value

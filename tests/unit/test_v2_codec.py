@@ -159,3 +159,111 @@ def test_model_metadata_shape() -> None:
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": "e", "datatype": "FP32", "shape": [-1, 4]}],
     }
+
+
+# --- malformed input: 400 naming what was expected, never an exception of numpy or int() ----
+
+
+def tensor(**fields: object) -> dict:
+    return {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0], **fields}
+
+
+@pytest.mark.parametrize(
+    "length",
+    [
+        "\u00b2",  # superscript two: str.isdigit() says yes, int() says no
+        "\u0663",  # Arabic-Indic three: int() reads 3
+        "9" * 5000,  # int() refuses thousands of digits
+        "9" * 19,
+        "",
+        "-1",
+        " 12",
+        "12 ",
+        "0x10",
+    ],
+)
+def test_header_length_must_be_ascii_digits_within_the_body(length: str) -> None:
+    header = body({"inputs": [tensor()]})
+    with pytest.raises(InvalidInput) as error:
+        decode_infer(header, length)
+    message = str(error.value)
+    assert "Inference-Header-Content-Length" in message and "ASCII digits" in message
+
+
+def test_header_length_in_ascii_digits_still_splits_the_body() -> None:
+    header = body(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [1],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 4},
+                }
+            ]
+        }
+    )
+    infer = decode_infer(header + np.float32(2.5).tobytes(), str(len(header)))
+    assert infer.request.inputs["x"].tolist() == [2.5]
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "fragment"),
+    [
+        ([1] * 65, [1.0], "at most 32"),  # past numpy's 64 dimensions
+        ([1] * 33, [1.0], "at most 32"),
+        ([0, 2**63], [], "2^63-1"),
+        ([2**64], [1.0], "non-negative integers"),  # orjson reads it as a float
+        ([0, 2**62, 4], [], "cannot be made"),  # int64 dimensions, but numpy cannot count them
+        ([True], [1.0], "non-negative integers"),
+        ([1, False], [1.0], "non-negative integers"),
+        ([1.0], [1.0], "non-negative integers"),
+        ("1", [1.0], "non-negative integers"),
+    ],
+)
+def test_bad_shapes_are_400(shape: object, data: list, fragment: str) -> None:
+    with pytest.raises(InvalidInput) as error:
+        decode_infer(body({"inputs": [tensor(shape=shape, data=data)]}), None)
+    assert fragment in str(error.value) and "input 'x'" in str(error.value)
+
+
+def test_data_nested_deeper_than_any_tensor_is_400_without_recursion() -> None:
+    # Deep enough to pass json.loads but to blow a recursive flatten (it did: RecursionError).
+    depth = 700
+    document = '{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": '
+    document += "[" * depth + "1" + "]" * depth + "}]}"
+    with pytest.raises(InvalidInput, match="nested more than 32 lists deep"):
+        decode_infer(document.encode(), None)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value", "fragment"),
+    [
+        ("INT8", 300, "value 300, out of range for INT8 (-128 to 127)"),
+        ("UINT8", -1, "value -1, out of range for UINT8 (0 to 255)"),
+        ("INT64", 2**63, "value 9223372036854775808, out of range for INT64"),
+        ("UINT64", -1, "out of range for UINT64 (0 to 18446744073709551615)"),
+        ("FP32", 1e300, "value 1e+300, out of range for FP32 (-3.4028235e+38 to 3.4028235e+38"),
+        ("FP16", 70000, "value 70000, out of range for FP16 (-65504 to 65504"),
+        ("FP32", 10**400, "out of range for FP32"),
+        ("FP64", 10**400, "out of range for FP64"),
+    ],
+)
+def test_out_of_range_numbers_are_400_naming_value_and_range(
+    datatype: str, value: object, fragment: str
+) -> None:
+    document = {"inputs": [tensor(datatype=datatype, data=[0, value], shape=[2])]}
+    with pytest.raises(InvalidInput) as error:
+        decode_infer(json.dumps(document).encode(), None)
+    assert fragment in str(error.value) and "input 'x'" in str(error.value)
+
+
+def test_floats_at_the_edge_of_their_range_and_non_finite_ones_are_kept() -> None:
+    edge = float(np.finfo(np.float32).max)
+    document = {"inputs": [tensor(data=[edge, -edge, "NaN"], shape=[3])]}
+    text = json.dumps(document).replace('"NaN"', "NaN").encode()
+    values = decode_infer(text, None).request.inputs["x"]
+    assert values[0] == np.float32(edge) and values[1] == -np.float32(edge)
+    assert np.isnan(values[2])
+    infinite = json.dumps({"inputs": [tensor(data=[float("inf")])]}).encode()
+    assert np.isinf(decode_infer(infinite, None).request.inputs["x"][0])
