@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
-from serve_app.examples import build_model_repository
-from serve_app.fast_path import FAST_PATH_ENV
-from tests.helpers import wait_for
+from tests.e2e.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-BASE_URL = "http://127.0.0.1:8000"
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
@@ -36,40 +29,6 @@ def readme_examples() -> list[tuple[str, str]]:
             command, _, expected = chunk.partition("\n")
             examples.append((command, expected.strip()))
     return examples
-
-
-@pytest.fixture(scope="module")
-def served_fleet() -> Iterator[None]:
-    try:
-        requests.get(BASE_URL, timeout=1)
-        pytest.fail("port 8000 is already in use; stop the other server first")
-    except requests.ConnectionError:
-        pass
-    build_model_repository(ROOT / "model_repository")
-    serve = Path(sys.executable).parent / "serve"
-    process = subprocess.Popen(
-        [str(serve), "run", "serve_config.yaml"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, **FAST_PATH_ENV, "HF_HUB_OFFLINE": "1"},  # as `make run`
-    )
-    try:
-        for model in ("digits", "minilm", "tiny-gpt2"):
-            wait_for(
-                lambda m=model: requests.get(f"{BASE_URL}/v1/models/{m}", timeout=5).ok,
-                300,
-                f"`serve run serve_config.yaml` to serve {model}",
-            )
-        yield
-    finally:
-        os.killpg(process.pid, signal.SIGINT)  # `serve run` shuts Serve and its Ray down
-        try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def same_output(actual: str, expected: str) -> bool:
