@@ -32,6 +32,7 @@ models: $(STAMP)
 
 # Ray Serve's fast request path (serve_app/fast_path.py): direct ingress behind HAProxy.
 run: models
+	$(BIN)/serve-app check serve_config.yaml
 	env $$($(BIN)/python -m serve_app.fast_path) $(BIN)/serve run serve_config.yaml
 
 test: $(STAMP)

@@ -103,6 +103,7 @@ class ModelDeployment:
             "coalescing": self.core.report(),
             "load_seconds": round(self.host.load_seconds, 3),
             "versions": self.host.table.statuses(),
+            "version_traffic": self.host.versions_report(),
             **replica_report(),
         }
 

@@ -11,6 +11,7 @@ request that broke it fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -62,14 +63,23 @@ class ReplicaCore:
         self.requests += len(requests)
         self.ongoing += len(requests)
         begun: list[Pending | ServingError] = []
+        started = time.monotonic()
         try:
+            if host.swap_gap is not None:  # resource-preserving swap: wait for the new version
+                await _wait_for_gap(host.swap_gap, requests)
             now = time.time()
             for request in requests:
                 begun.append(self._begin(host, request, now))
             futures = [f for p in begun if isinstance(p, Pending) for f in p.futures]
             if futures:
                 await asyncio.wait(futures)
-            return [p if isinstance(p, ServingError) else host.finish(p) for p in begun]
+            answers = [p if isinstance(p, ServingError) else host.finish(p) for p in begun]
+            elapsed = time.monotonic() - started
+            for pending, answer in zip(begun, answers):
+                if isinstance(pending, Pending):
+                    ok = not isinstance(answer, ServingError)
+                    host.record_answer(pending.version.number, elapsed, ok)
+            return answers
         finally:
             self.ongoing -= len(requests)
             for pending in begun:  # cancelled call: drop what is still queued, free versions
@@ -156,6 +166,14 @@ class ReplicaCore:
     def report(self) -> dict[str, Any]:
         """How many handle calls carried how many requests (coalescing in the ingress)."""
         return {"calls": self.calls, "requests": self.requests, "ongoing": self.ongoing}
+
+
+async def _wait_for_gap(gap: asyncio.Event, requests: list[PredictRequest]) -> None:
+    """Wait until the swap gap ends, at most until the last of the requests' deadlines."""
+    deadlines = [r.deadline for r in requests]
+    timeout = None if None in deadlines else max(0.0, max(deadlines) - time.time())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(gap.wait(), timeout)
 
 
 def _rows_of(item: BatchItem) -> int:

@@ -11,12 +11,13 @@ Requests are checked here and handed, as ``BatchItem``s, to the replica's batche
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,9 +31,10 @@ from deployments.batching import (
 )
 from deployments.servable import Servable
 from deployments.signature import PreparedInputs, prepare_inputs, requested_outputs
+from deployments.swap import swap_turn
 from deployments.versions import AVAILABLE, END, LOADING, UNLOADING, ModelVersion, VersionTable
 from serve_app import metrics
-from serve_app.config import HotSettings, ModelSpec, StoreSpec
+from serve_app.config import RESOURCE, HotSettings, ModelSpec, StoreSpec
 from serve_app.errors import ModelLoadError, ServingError
 from serve_app.request import PREDICT, PredictRequest
 from serve_app.store import open_store, select_versions, store_notice
@@ -40,6 +42,25 @@ from serve_app.store import open_store, select_versions, store_notice
 logger = logging.getLogger("ray.serve")
 
 Enqueue = Callable[[BatchItem], "asyncio.Future"]
+
+
+@dataclass
+class VersionStats:
+    """Requests one version answered in this replica, and their recent latencies."""
+
+    requests: int = 0
+    errors: int = 0
+    recent_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=512))
+
+    def record(self, seconds: float, ok: bool) -> None:
+        self.requests += 1
+        self.errors += 0 if ok else 1
+        self.recent_s.append(seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        recent = sorted(self.recent_s)
+        p50 = round(1000 * recent[len(recent) // 2], 3) if recent else None
+        return {"requests": self.requests, "errors": self.errors, "p50_ms": p50}
 
 
 @dataclass
@@ -68,6 +89,7 @@ class ModelHost:
         self.name = spec.name
         self.hot = hot
         self.stats = BatchStats()
+        self.version_stats: dict[int, VersionStats] = {}
         self.table = VersionTable(self.name)
         self.load_seconds = 0.0
         self._servable_class = servable_class
@@ -78,6 +100,8 @@ class ModelHost:
         self._maintainer: asyncio.Task | None = None
         self._loading: asyncio.Future | None = None
         self.closed = False  # unload_all ran: nothing loads or serves any more
+        # Set while a resource-preserving swap has no version loaded: requests wait on it.
+        self.swap_gap: asyncio.Event | None = None
 
     # --- loading and unloading ---------------------------------------------------------
 
@@ -182,14 +206,43 @@ class ModelHost:
         for number in self.table.available():  # e.g. "serving from cache" ends with an outage
             self.table.versions[number].notice = store_notice(self._store, number)
         wanted = self._wanted(available)
-        for number in self.table.to_load(wanted, time.monotonic()):
+        to_load = self.table.to_load(wanted, time.monotonic())
+        leaving = [v for v in self.table.available() if v not in wanted]
+        if to_load and leaving and self.hot.swap_policy == RESOURCE:
+            await self._swap_preserving_resources(leaving, to_load)
+            return
+        await self._load_all(to_load)
+        for number in self.table.to_unload(wanted):
+            await self._unload(number)
+
+    async def _load_all(self, numbers: list[int]) -> None:
+        for number in numbers:
             if self.closed:
                 return
             # Kept, so that unload_all can wait for a load a cancelled maintainer started.
             self._loading = asyncio.ensure_future(asyncio.to_thread(self._load, number))
             await asyncio.shield(self._loading)
-        for number in self.table.to_unload(wanted):
-            await self._unload(number)
+
+    async def _swap_preserving_resources(self, leaving: list[int], to_load: list[int]) -> None:
+        """TF Serving's resource-preserving policy: free the old version before loading the
+        new one (a model that fills its GPU share has no room for two). Requests that arrive
+        in the gap wait for the new version, within their deadlines; the model's replicas
+        swap one at a time, so the others keep answering meanwhile."""
+        async with swap_turn(self.name):
+            self.swap_gap = asyncio.Event()
+            logger.info(
+                "model '%s': swapping version(s) %s for %s (swap_policy: resource)",
+                self.name,
+                leaving,
+                to_load,
+            )
+            try:
+                for number in leaving:
+                    await self._unload(number)
+                await self._load_all(to_load)
+            finally:
+                gap, self.swap_gap = self.swap_gap, None
+                gap.set()
 
     async def _maintain(self) -> None:
         """Reconcile when woken (a config change) or every ``poll_interval_s`` (polling)."""
@@ -225,10 +278,14 @@ class ModelHost:
     # --- requests ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def using(self, request: PredictRequest) -> Iterator[ModelVersion]:
-        """The version a request names (or the default), kept from unloading meanwhile."""
+    def using(self, request: PredictRequest, split: bool = False) -> Iterator[ModelVersion]:
+        """The version a request names (or the default, or with ``split`` one drawn from
+        the ``traffic`` split), kept from unloading meanwhile."""
         wanted = self._wanted(list(self.table.versions))
-        version = self.table.resolve(request.version, request.label, self.hot.labels, wanted)
+        traffic = self.hot.traffic if split else None
+        version = self.table.resolve(
+            request.version, request.label, self.hot.labels, wanted, traffic
+        )
         version.in_flight += 1
         try:
             yield version
@@ -242,7 +299,9 @@ class ModelHost:
         it resolves to stays loaded until ``finish`` or ``abandon``.
         """
         wanted = self._wanted(list(self.table.versions))
-        version = self.table.resolve(request.version, request.label, self.hot.labels, wanted)
+        version = self.table.resolve(
+            request.version, request.label, self.hot.labels, wanted, self.hot.traffic
+        )
         version.in_flight += 1
         try:
             servable = version.servable
@@ -311,7 +370,7 @@ class ModelHost:
         deadline: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream one completion from the default version (text-generation models)."""
-        with self.using(PredictRequest({})) as version:
+        with self.using(PredictRequest({}), split=True) as version:
             stream = getattr(version.servable, "generate_stream", None)
             if stream is None:
                 raise ServingError(f"model '{self.name}' cannot stream")
@@ -353,6 +412,28 @@ class ModelHost:
                     (s.name, s.dtype.name, s.shape) for s in signature.public_outputs().values()
                 ],
             }
+
+    def record_answer(self, version: int, seconds: float, ok: bool) -> None:
+        """Count a request one version answered (or failed), for the status and metrics."""
+        self.version_stats.setdefault(version, VersionStats()).record(seconds, ok)
+        metrics.record_version_request(self.name, version, seconds, ok)
+
+    def versions_report(self) -> dict[str, Any]:
+        """Each version's state, labels and traffic weight, and the requests it answered."""
+        labels: dict[int, list[str]] = {}
+        for label, number in self.hot.labels.items():
+            labels.setdefault(number, []).append(label)
+        traffic = self.hot.traffic or {}
+        return {
+            str(number): {
+                "state": version.state,
+                "error": version.error,
+                "labels": sorted(labels.get(number, [])),
+                "traffic_weight": traffic.get(number),
+                **self.version_stats.get(number, VersionStats()).to_json(),
+            }
+            for number, version in sorted(self.table.versions.items())
+        }
 
     def stats_json(self) -> dict[str, Any]:
         """Batching statistics in the shape of one entry of Triton's ``model_stats``."""

@@ -281,6 +281,7 @@ class PoolReplica:
             "coalescing": self.core.report(),
             "load_seconds": round(host.load_seconds, 3),
             "versions": host.table.statuses(),
+            "version_traffic": host.versions_report(),
             "pool": self.pool_report(),
             **replica_report(),
         }

@@ -6,6 +6,7 @@ AVAILABLE, so a version that fails to load or warm up never replaces a working o
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,9 +63,18 @@ class VersionTable:
         return self.versions[preferred[-1]]
 
     def resolve(
-        self, version: int | None, label: str | None, labels: dict[str, int], wanted: list[int]
+        self,
+        version: int | None,
+        label: str | None,
+        labels: dict[str, int],
+        wanted: list[int],
+        traffic: dict[int, float] | None = None,
     ) -> ModelVersion:
-        """The version a request asks for (by number or label), or 404 naming what exists."""
+        """The version a request asks for (by number or label), or 404 naming what exists.
+
+        A request that names neither goes to the default version, or with a ``traffic``
+        split to one of its AVAILABLE versions, drawn by weight.
+        """
         if label is not None:
             if label not in labels:
                 known = ", ".join(sorted(labels)) or "none"
@@ -73,6 +83,10 @@ class VersionTable:
                 )
             version = labels[label]
         if version is None:
+            if traffic:
+                chosen = self.draw(traffic)
+                if chosen is not None:
+                    return chosen
             return self.default(wanted)
         found = self.versions.get(version)
         if found is None or found.state != AVAILABLE:
@@ -85,6 +99,16 @@ class VersionTable:
             )
             raise NotFound(f"{via} is not available ({state}; available: {available})")
         return found
+
+    def draw(self, traffic: dict[int, float]) -> ModelVersion | None:
+        """One AVAILABLE version of the split, drawn by weight; None if none is AVAILABLE
+        (a canary that failed to load gets no traffic: the default version answers)."""
+        versions = [v for v, w in traffic.items() if w > 0 and v in self.versions]
+        versions = [v for v in versions if self.versions[v].state == AVAILABLE]
+        if not versions:
+            return None
+        weights = [traffic[v] for v in versions]
+        return self.versions[random.choices(versions, weights)[0]]
 
     def to_load(self, wanted: list[int], now: float) -> list[int]:
         """Wanted versions not loaded yet, and failed ones due for another attempt."""

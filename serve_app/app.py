@@ -13,10 +13,14 @@ from serve_app.autoscaling import POLICY as AUTOSCALING_POLICY
 from serve_app.config import (
     AppConfig,
     ConfigError,
+    IngressSpec,
     ModelSpec,
     PoolSpec,
     StoreSpec,
     parse_app_config,
+    parse_ingress_app,
+    parse_model_app,
+    parse_pool_app,
 )
 from serve_app.errors import ModelLoadError
 
@@ -52,8 +56,32 @@ def build_app(args: dict[str, Any]) -> Application:
         }
         for pool in config.pools
     }
-    ingress = _ingress_deployment(config)
+    ingress = _ingress_deployment(config.ingress)
     return ingress.bind(handles, routes, config.ingress.model_dump(), pools, pool_settings)
+
+
+def build_model(args: dict[str, Any]) -> Application:
+    """One model's own application (name it after the model, ``route_prefix: null``): the
+    ingress application finds it and routes to it. Changing it restarts only its replicas."""
+    app = parse_model_app(args)
+    return model_deployment(app).bind(
+        spec_for_replica(app, app.store), app.hot_settings().model_dump()
+    )
+
+
+def build_pool(args: dict[str, Any]) -> Application:
+    """One model pool's own application (named after the pool, ``route_prefix: null``)."""
+    app = parse_pool_app(args)
+    return pool_deployment(app).bind(
+        spec_for_replica(app, app.store), app.hot_settings().model_dump()
+    )
+
+
+def build_ingress(args: dict[str, Any] | None = None) -> Application:
+    """The ingress application alone: it serves every model and pool application deployed
+    beside it (``build_model``, ``build_pool``), as they come and go."""
+    spec = parse_ingress_app(args or {})
+    return _ingress_deployment(spec).bind({}, {}, spec.model_dump(), {}, {})
 
 
 def route_settings(spec: ModelSpec | PoolSpec) -> dict[str, Any]:
@@ -155,15 +183,15 @@ def spec_for_replica(spec: ModelSpec | PoolSpec, store: StoreSpec | None = None)
     return settings
 
 
-def _ingress_deployment(config: AppConfig) -> Deployment:
+def _ingress_deployment(spec: IngressSpec) -> Deployment:
     from serve_app.ingress import Ingress
 
-    actor_options: dict[str, Any] = {"num_cpus": config.ingress.num_cpus}
-    if config.ingress.label_selector:
-        actor_options["label_selector"] = dict(config.ingress.label_selector)
+    actor_options: dict[str, Any] = {"num_cpus": spec.num_cpus}
+    if spec.label_selector:
+        actor_options["label_selector"] = dict(spec.label_selector)
     return Ingress.options(
         name=INGRESS_NAME,
-        num_replicas=config.ingress.num_replicas,
+        num_replicas=spec.num_replicas,
         ray_actor_options=actor_options,
         max_ongoing_requests=1000,
     )

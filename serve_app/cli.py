@@ -1,5 +1,5 @@
-"""The project's command line: ``serve-app kuberay render | apply | status``,
-``serve-app import-tfserving``.
+"""The project's command line: ``serve-app check``, ``serve-app kuberay render | apply |
+status``, ``serve-app import-tfserving``.
 
 Thin on purpose: parsing and printing here, the work in ``serve_app.kuberay``.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from serve_app.fleet_file import check_fleet
 from serve_app.kuberay import cluster, kustomize
 from serve_app.kuberay.diff import object_diff
 from serve_app.kuberay.render import RenderError, render_all, stale_files, write_rendered
@@ -47,6 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        document = yaml.safe_load(args.config.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"cannot read {args.config}: {exc}") from None
+    fleet = check_fleet(document)
+    for problem in fleet.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if fleet.problems:
+        return 1
+    print(
+        f"{args.config}: ok ({len(fleet.ingresses)} ingress, {len(fleet.models)} models,"
+        f" {len(fleet.pools)} pools)"
+    )
+    return 0
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -145,7 +163,7 @@ def _import_tfserving(args: argparse.Namespace) -> int:
     model_config = _read_text(args.model_config)
     batching = _read_text(args.batching_config) if args.batching_config else None
     imported = import_tfserving(model_config, batching, args.file_system_poll_wait_seconds)
-    text = render(imported, Path(args.model_config).name, args.http_port)
+    text = render(imported, Path(args.model_config).name, args.http_port, args.grpc_port)
     for note in imported.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.out:
@@ -166,6 +184,11 @@ def _read_text(filename: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serve-app", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    check = commands.add_parser(
+        "check", help="validate a fleet file (serve_config.yaml) as a whole, strictly"
+    )
+    check.add_argument("config", nargs="?", type=Path, default=Path("serve_config.yaml"))
+    check.set_defaults(handler=_check)
     kuberay = commands.add_parser("kuberay", help="deploy to Kubernetes with KubeRay")
     actions = kuberay.add_subparsers(required=True, metavar="ACTION")
 
@@ -278,6 +301,12 @@ def _add_import_tfserving(commands: argparse._SubParsersAction) -> None:
     )
     command.add_argument(
         "--http-port", type=int, default=8000, help="http_options.port (%(default)s)"
+    )
+    command.add_argument(
+        "--grpc-port",
+        type=int,
+        default=9000,
+        help="grpc_options.port: TF Serving's gRPC services (%(default)s; TF Serving's --port)",
     )
     command.add_argument("-o", "--out", metavar="FILE", help="write here (default: stdout)")
     command.set_defaults(handler=_import_tfserving)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from serve_app.errors import ModelUnavailable, Overloaded, ServingError
 from serve_app.request import PredictRequest
@@ -184,6 +184,8 @@ class Coalescer:
             )
         except RayActorError as exc:
             error = ModelUnavailable(f"the model's replica died ({type(exc).__name__})")
+        except DeploymentUnavailableError:  # Serve knows it failed before our view does
+            error = ModelUnavailable(f"model '{self.model}' failed to deploy (see its status)")
         except asyncio.CancelledError:
             # Every caller gave up (or the ingress is stopping): nobody reads these.
             error = ModelUnavailable(f"the call to model '{self.model}' was cancelled")

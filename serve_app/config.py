@@ -116,6 +116,37 @@ class AutoscalingSpec(_Strict):
 
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 VersionLabels = dict[Annotated[str, Field(pattern=LABEL_PATTERN, max_length=63)], int]
+# How a new version replaces the serving one (TF Serving's version transition policies):
+# "availability": load the new one beside the old, swap, then unload (never a gap);
+# "resource": unload the old one first (never two in memory; requests wait in the gap).
+AVAILABILITY, RESOURCE = "availability", "resource"
+SwapPolicy = Literal["availability", "resource"]
+# Canary by percentage: version -> weight of the requests that name no version or label.
+VersionTraffic = Annotated[
+    dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=0, le=1e6)]],
+    Field(min_length=1, max_length=16),
+]
+
+
+def check_traffic(traffic: dict[int, float] | None, policy: VersionPolicy) -> None:
+    """A split must give some version weight, and only to versions the policy can keep."""
+    if traffic is None:
+        return
+    weighted = sorted(v for v, w in traffic.items() if w > 0)
+    if not weighted:
+        raise ValueError("traffic gives no version any weight (at least one weight above 0)")
+    if policy.specific is not None and not set(weighted) <= set(policy.specific):
+        missing = sorted(set(weighted) - set(policy.specific))
+        raise ValueError(
+            f"traffic sends requests to version(s) {missing}, which version_policy"
+            f" specific: {policy.specific} does not load"
+        )
+    if policy.latest is not None and len(weighted) > policy.latest:
+        raise ValueError(
+            f"traffic splits requests over {len(weighted)} versions, but version_policy"
+            f" latest: {policy.latest} keeps only {policy.latest} loaded (raise latest, or"
+            " use specific: [...])"
+        )
 
 
 class HotSettings(_Strict):
@@ -129,6 +160,13 @@ class HotSettings(_Strict):
     version_policy: VersionPolicy = VersionPolicy(latest=1)
     labels: VersionLabels = {}
     poll_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
+    traffic: VersionTraffic | None = None
+    swap_policy: SwapPolicy = AVAILABILITY
+
+    @model_validator(mode="after")
+    def _traffic_within_policy(self) -> HotSettings:
+        check_traffic(self.traffic, self.version_policy)
+        return self
 
 
 class _ServedSpec(_Strict):
@@ -140,6 +178,8 @@ class _ServedSpec(_Strict):
     task: Literal["text-generation", "feature-extraction", "text-classification"] | None = None
     version_policy: VersionPolicy = VersionPolicy(latest=1)
     poll_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
+    traffic: VersionTraffic | None = None
+    swap_policy: SwapPolicy = AVAILABILITY
     batching: BatchingSpec = BatchingSpec()
     resources: ResourceSpec = ResourceSpec()
     # transformers only: the torch dtype weights are loaded in (default float32).
@@ -164,6 +204,7 @@ class _ServedSpec(_Strict):
             )
         if self.num_replicas is not None and self.autoscaling is not None:
             raise ValueError("set num_replicas or autoscaling, not both")
+        check_traffic(self.traffic, self.version_policy)
         return self
 
     @property
@@ -178,6 +219,8 @@ class _ServedSpec(_Strict):
             version_policy=self.version_policy,
             labels=getattr(self, "labels", {}),
             poll_interval_s=self.poll_interval_s,
+            traffic=self.traffic,
+            swap_policy=self.swap_policy,
         )
 
     def effective_max_ongoing_requests(self) -> int:
@@ -224,6 +267,8 @@ class PoolSpec(_ServedSpec):
                     "task",
                     "version_policy",
                     "poll_interval_s",
+                    "traffic",
+                    "swap_policy",
                     "batching",
                     "resources",
                     "dtype",
@@ -352,6 +397,45 @@ def parse_app_config(args: Any) -> AppConfig:
     except ValidationError as exc:
         lines = [_describe(error, args) for error in exc.errors()]
         raise ConfigError("invalid application args:\n  " + "\n  ".join(lines)) from None
+
+
+class ModelApp(ModelSpec):
+    """The args of one model's own application (``serve_app.app:build_model``)."""
+
+    store: StoreSpec = StoreSpec()
+
+
+class PoolApp(PoolSpec):
+    """The args of one pool's own application (``serve_app.app:build_pool``)."""
+
+    store: StoreSpec = StoreSpec()
+
+
+def parse_model_app(args: Any) -> ModelApp:
+    """Validate a model application's args as strictly as the fleet's."""
+    return _parse_entry(ModelApp, args, "model")
+
+
+def parse_pool_app(args: Any) -> PoolApp:
+    """Validate a pool application's args as strictly as the fleet's."""
+    return _parse_entry(PoolApp, args, "pool")
+
+
+def parse_ingress_app(args: Any) -> IngressSpec:
+    """Validate the ingress application's args (``serve_app.app:build_ingress``)."""
+    return _parse_entry(IngressSpec, args or {}, "ingress")
+
+
+def _parse_entry(root: type[BaseModel], args: Any, kind: str) -> Any:
+    if not isinstance(args, dict):
+        raise ConfigError(f"{kind} application args must be a mapping, got {type(args).__name__}")
+    try:
+        return root.model_validate(args)
+    except ValidationError as exc:
+        name = args.get("name")
+        label = f"{kind} '{name}'" if isinstance(name, str) else kind
+        lines = [_describe(error, args, root) for error in exc.errors()]
+        raise ConfigError(f"invalid {label} application args:\n  " + "\n  ".join(lines)) from None
 
 
 def parse_hot_settings(

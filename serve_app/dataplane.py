@@ -9,18 +9,27 @@ per-model coalescing of concurrent inference requests live here, once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.coalesce import Coalescer, OverloadAnswer
-from serve_app.config import MODEL_NAME_PATTERN
+from serve_app.config import (
+    MODEL_NAME_PATTERN,
+    ConfigError,
+    ModelSpec,
+    PoolSpec,
+    parse_model_app,
+    parse_pool_app,
+)
 from serve_app.errors import (
     DeadlineExceeded,
     ModelUnavailable,
@@ -29,11 +38,13 @@ from serve_app.errors import (
     PayloadTooLarge,
     ServingError,
 )
-from serve_app.fleet_status import FleetStatus
+from serve_app.fleet_status import MODEL_BUILDER, FleetStatus, FoundApp
 from serve_app.guard import CallContext, Settings
 from serve_app.limits import BodyBudget
 from serve_app.pool_catalog import MISS_REFRESH_S, PoolCatalog, PoolView
 from serve_app.request import PredictRequest
+
+logger = logging.getLogger("ray.serve")
 
 _NAME = re.compile(MODEL_NAME_PATTERN.strip("^$"))
 # At most this many names are listed in a "not found" error (pools may hold thousands).
@@ -50,6 +61,10 @@ class ModelRoute:
     kind: str  # "tensorflow" or the transformers task
     max_batch_size: int = 32
     max_queued_requests: int | None = None
+
+    @classmethod
+    def of(cls, spec: ModelSpec | PoolSpec) -> ModelRoute:
+        return cls(spec.kind, spec.batching.max_batch_size, spec.max_queued_requests)
 
 
 class DataPlane:
@@ -72,8 +87,14 @@ class DataPlane:
             view.handle = view.handle.options(**PICKLE)
         self.pool_routes = pool_routes or {}
         self.pools = PoolCatalog(pools, set(handles))
-        self.fleet = FleetStatus(app_name, [*handles, *pools], self._stuck_models, self.fail_model)
+        # Models and pools of the ingress's own application (build_app's args); the others
+        # are the model and pool applications found beside it (sync_apps).
+        self._static = {*handles, *pools}
+        self.fleet = FleetStatus(
+            app_name, [*handles, *pools], self._stuck_models, self.fail_model, self.sync_apps
+        )
         self._coalescers: dict[str, Coalescer] = {}
+        self._discovered: dict[str, DeploymentHandle] = {}
         # Request bodies held by this ingress replica, whichever transport read them.
         self.bodies = BodyBudget(settings.max_buffered_bytes, settings.retry_after_s)
 
@@ -91,11 +112,11 @@ class DataPlane:
             shown = name[:64] if isinstance(name, str) else type(name).__name__
             raise NotFound(f"model '{shown}' not found (model names match {MODEL_NAME_PATTERN})")
         ctx.model = name
-        handle, kind = self.handles.get(name), self.kind_of(name)
-        if handle is None:
-            found = await self.pools.lookup(name)
-            if found is not None:
-                handle, kind = found[1], self.pools.kind(name)
+        await self.fleet.ready()
+        handle, kind = await self._find(name)
+        if handle is None:  # deployed a moment ago? Serve's view is read again, at most 1/s
+            await self.fleet.refresh(max_age=MISS_REFRESH_S)
+            handle, kind = await self._find(name)
         if handle is None or (kinds and kind not in kinds):
             known = [n for n in self.model_names() if not kinds or self.kind_of(n) in kinds]
             shown = ", ".join(known[:KNOWN_NAMES_SHOWN])
@@ -103,9 +124,84 @@ class DataPlane:
                 shown += f" and {len(known) - KNOWN_NAMES_SHOWN} more"
             what = f" of kind {'/'.join(kinds)}" if kinds else ""
             raise NotFound(f"model '{name}'{what} not found (known models: {shown})")
-        await self.fleet.ready()
         self.fleet.check(self.deployment_of(name))
         return handle
+
+    async def _find(self, name: str) -> tuple[DeploymentHandle | None, str | None]:
+        handle = self.handles.get(name)
+        if handle is not None:
+            return handle, self.kind_of(name)
+        found = await self.pools.lookup(name)
+        return (found[1], self.pools.kind(name)) if found is not None else (None, None)
+
+    # --- the applications beside the ingress -----------------------------------------------
+
+    def sync_apps(self, apps: dict[str, FoundApp]) -> None:
+        """Serve the model and pool applications deployed now: new ones from now on,
+        changed ones with their new settings, removed ones no more."""
+        for name in [n for n in self._discovered if n not in apps]:
+            self._forget(name)
+        for name, app in apps.items():
+            if name in self._static:
+                logger.warning(
+                    "application '%s' is not served: the ingress's own application has a"
+                    " model or pool of that name",
+                    name,
+                )
+                continue
+            try:
+                spec = (parse_model_app if app.builder == MODEL_BUILDER else parse_pool_app)(
+                    app.args
+                )
+            except ConfigError as exc:  # Serve reports the same error for that application
+                logger.warning("application '%s' is not served: %s", name, exc)
+                self._forget(name)
+                continue
+            if spec.name != name:
+                logger.warning(
+                    "application '%s' is not served: it holds '%s'; name each model's"
+                    " application after the model",
+                    name,
+                    spec.name,
+                )
+                self._forget(name)
+                continue
+            self._serve_app(name, app.builder, spec)
+        self.pools.dedicated = set(self.handles)
+
+    def _serve_app(self, name: str, builder: str, spec: ModelSpec | PoolSpec) -> None:
+        handle = self._discovered.get(name)
+        if handle is None:
+            handle = serve.get_deployment_handle(name, name, _check_exists=False)
+            handle = handle.options(**PICKLE)
+            self._discovered[name] = handle
+        route = ModelRoute.of(spec)
+        if builder == MODEL_BUILDER:
+            self.handles[name], self.routes[name] = handle, route
+        else:
+            pool = self.pools.pools.get(name)
+            if pool is None:
+                self.pools.pools[name] = PoolView(handle, spec.kind, spec.discovery_interval_s)
+            else:
+                pool.kind, pool.discovery_interval_s = spec.kind, spec.discovery_interval_s
+            self.pool_routes[name] = route
+        for model, coalescer in self._coalescers.items():
+            if self.deployment_of(model) == name:
+                coalescer.max_rows_per_call = route.max_batch_size
+                coalescer.max_queued = route.max_queued_requests
+
+    def _forget(self, name: str) -> None:
+        """Stop serving an application that was removed (or is no longer valid)."""
+        if self._discovered.pop(name, None) is None:
+            return
+        self.handles.pop(name, None)
+        self.routes.pop(name, None)
+        self.pool_routes.pop(name, None)
+        self.pools.pools.pop(name, None)
+        self.pools.rebuild()
+        gone = NotFound(f"model '{name}' is no longer served (its application was removed)")
+        for model in [m for m in self._coalescers if self.deployment_of(m) == name]:
+            self._coalescers.pop(model).fail(gone)
 
     def model_names(self) -> list[str]:
         """Every model served now: dedicated ones and those the pools hold."""
@@ -288,7 +384,9 @@ class DataPlane:
                 self.settings.retry_after_s,
             ) from None
         except (ModelUnavailable, DeadlineExceeded, asyncio.CancelledError):
-            if cancel is not None:
+            # A call that ended already is not cancelled: Serve's cancel() of a call that
+            # could not be assigned raises that error again (DeploymentUnavailableError).
+            if cancel is not None and not call.done():
                 cancel()
             call.cancel()
             raise
@@ -336,3 +434,5 @@ async def _result(response: Awaitable[Any]) -> Any:
         raise
     except RayActorError as exc:
         raise ModelUnavailable(f"the model's replica died ({type(exc).__name__})") from None
+    except DeploymentUnavailableError:  # Serve knows it failed before our view does
+        raise ModelUnavailable("the model failed to deploy (see its status)") from None

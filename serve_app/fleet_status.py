@@ -1,8 +1,14 @@
-"""What the ingress knows about each model deployment's health, from Serve's own status.
+"""What the ingress knows of the fleet, from Serve's own view of its applications.
 
-A model whose replicas failed to start has no replica to answer; a handle call would wait
-for one forever. The ingress reads ``serve.status()`` (see ``FleetStatus``) and answers such
-models' routes with 503 and the reason Serve recorded.
+Two things come from one read of Serve's instance details (``FleetStatus``):
+
+- each model deployment's health: a model whose replicas failed to start has no replica to
+  answer, and a handle call would wait for one forever, so its routes answer 503 with the
+  reason Serve recorded instead;
+- the model and pool *applications* beside the ingress's own (one application per model,
+  built by ``serve_app.app:build_model`` / ``build_pool``, named after the model): the
+  ingress serves whatever is deployed, so adding, changing or removing one model's
+  application touches no other application.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ray import serve
 
@@ -36,6 +43,10 @@ _UNPLACED = re.compile(
 )
 
 
+MODEL_BUILDER = "serve_app.app:build_model"
+POOL_BUILDER = "serve_app.app:build_pool"
+
+
 @dataclass(frozen=True)
 class ModelHealth:
     """One deployment's status as Serve reports it."""
@@ -43,6 +54,17 @@ class ModelHealth:
     status: str
     running_replicas: int
     message: str
+    min_replicas: int = 1  # 0: it scales to zero and answers after a cold start
+    replicas: tuple[dict[str, Any], ...] = ()  # replica id, state, pid, node, start time
+
+
+@dataclass(frozen=True)
+class FoundApp:
+    """A model or pool application deployed beside the ingress."""
+
+    name: str  # the application's, which is the model's (or pool's) name
+    builder: str  # MODEL_BUILDER or POOL_BUILDER
+    args: dict[str, Any]  # as deployed (serve_config.yaml, serve deploy, serveConfigV2)
 
 
 def summarize_failure(message: str) -> str:
@@ -56,14 +78,14 @@ def summarize_failure(message: str) -> str:
 
 
 class FleetStatus:
-    """A view of the model deployments of one application, read from Serve's status.
+    """A view of the fleet's deployments and applications, read from Serve.
 
-    Reading ``serve.status()`` costs the ingress and the controller CPU, so it is read when
-    a request needs it, not on a fast timer: once before the first request is routed, when
-    a caller asks for a fresh view (readiness, a long wait), when some model has kept a
-    request waiting for over ``STUCK_AFTER_S``, and otherwise every ``POLL_INTERVAL_S``.
-    A model found failed while requests wait for it gets them answered with 503
-    (``on_failed``) instead of leaving them to their deadline.
+    Reading Serve's details costs the ingress and the controller CPU, so they are read
+    when a request needs them, not on a fast timer: once before the first request is
+    routed, when a caller asks for a fresh view (readiness, a model name not known yet, a
+    long wait), when some model has kept a request waiting for over ``STUCK_AFTER_S``, and
+    otherwise every ``POLL_INTERVAL_S``. A model found failed while requests wait for it
+    gets them answered with 503 (``on_failed``) instead of leaving them to their deadline.
     """
 
     def __init__(
@@ -72,16 +94,24 @@ class FleetStatus:
         model_names: list[str],
         stuck: Callable[[float], dict[str, float]] | None = None,
         on_failed: Callable[[str, ModelUnavailable], None] | None = None,
+        on_apps: Callable[[dict[str, FoundApp]], None] | None = None,
     ) -> None:
         self.app_name = app_name
-        self.model_names = model_names
+        self.static_names = list(model_names)  # deployments of the ingress's own application
         self.health: dict[str, ModelHealth] = {}
+        self.apps: dict[str, FoundApp] = {}
         self._stuck = stuck or (lambda now: {})
         self._on_failed = on_failed
+        self._on_apps = on_apps
         self._read_at = float("-inf")
         self._reading: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
         self._first_read: asyncio.Event | None = None
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every deployment the ingress routes to: its own application's and the others'."""
+        return [*self.static_names, *(n for n in self.apps if n not in self.static_names)]
 
     async def ready(self) -> None:
         """Start watching on first use and wait for the first view of the fleet."""
@@ -93,8 +123,8 @@ class FleetStatus:
             await self.refresh(max_age=0.0)
 
     async def refresh(self, max_age: float) -> None:
-        """Read Serve's status unless the view is younger than ``max_age`` seconds (one read
-        at a time; concurrent callers share it)."""
+        """Read Serve's details unless the view is younger than ``max_age`` seconds (one
+        read at a time; concurrent callers share it)."""
         if time.monotonic() - self._read_at < max_age:
             return
         if self._reading is None or self._reading.done():
@@ -103,9 +133,13 @@ class FleetStatus:
 
     async def _read_once(self) -> None:
         try:
-            self.health = await asyncio.to_thread(self._read)
+            self.health, apps = await asyncio.to_thread(self._read)
+            if apps != self.apps:
+                self.apps = apps
+                if self._on_apps is not None:
+                    self._on_apps(apps)
         except Exception:  # the controller may be restarting; keep the last view
-            logger.warning("could not read Serve status", exc_info=True)
+            logger.warning("could not read Serve's details", exc_info=True)
         self._read_at = time.monotonic()
         if self._first_read is not None:
             self._first_read.set()
@@ -125,23 +159,17 @@ class FleetStatus:
             except Exception:  # never let the watcher die
                 logger.warning("fleet watch failed", exc_info=True)
 
-    def _read(self) -> dict[str, ModelHealth]:
-        app = serve.status().applications.get(self.app_name)
-        if app is None:
-            return {}
-        result = {}
-        for name, deployment in app.deployments.items():
-            if name in self.model_names:
-                running = deployment.replica_states.get("RUNNING", 0)
-                result[name] = ModelHealth(
-                    str(deployment.status.value), running, deployment.message or ""
-                )
-        return result
+    def _read(self) -> tuple[dict[str, ModelHealth], dict[str, FoundApp]]:
+        details = serve.context._get_global_client().get_serve_details()
+        return read_fleet(details, self.app_name, self.static_names)
 
     def available(self, name: str) -> bool:
-        """Whether ``name`` has a running replica (unknown counts as yes until Serve says)."""
+        """Whether ``name`` can answer: a running replica, or none yet that it can start on
+        demand (scaled to zero); unknown counts as yes until Serve says."""
         health = self.health.get(name)
-        return health is None or health.running_replicas > 0
+        if health is None or health.running_replicas > 0:
+            return True
+        return health.min_replicas == 0 and self.failure(name) is None
 
     def running_replicas(self, name: str) -> int:
         """Running replicas of ``name`` as last seen (1 until Serve says)."""
@@ -171,3 +199,49 @@ class FleetStatus:
         error = self.failure(name)
         if error is not None:
             raise error
+
+
+def read_fleet(
+    details: dict[str, Any], own_app: str, static_names: list[str]
+) -> tuple[dict[str, ModelHealth], dict[str, FoundApp]]:
+    """Health of the deployments the ingress routes to, and the model and pool
+    applications beside it, from Serve's instance details (a plain dict)."""
+    health: dict[str, ModelHealth] = {}
+    apps: dict[str, FoundApp] = {}
+    for app_name, app in (details.get("applications") or {}).items():
+        deployments = app.get("deployments") or {}
+        if app_name == own_app:
+            for name in static_names:
+                if name in deployments:
+                    health[name] = _health(deployments[name])
+            continue
+        config = app.get("deployed_app_config") or {}
+        builder = config.get("import_path")
+        if builder not in (MODEL_BUILDER, POOL_BUILDER):
+            continue
+        apps[app_name] = FoundApp(app_name, builder, dict(config.get("args") or {}))
+        if app_name in deployments:
+            health[app_name] = _health(deployments[app_name])
+    return health, apps
+
+
+def _health(deployment: dict[str, Any]) -> ModelHealth:
+    replicas = tuple(
+        {k: _plain(r.get(k)) for k in ("replica_id", "state", "pid", "node_ip", "start_time_s")}
+        for r in deployment.get("replicas") or ()
+    )
+    config = deployment.get("deployment_config") or {}
+    autoscaling = config.get("autoscaling_config") or {}
+    minimum = autoscaling.get("min_replicas") if autoscaling else config.get("num_replicas")
+    return ModelHealth(
+        str(_plain(deployment.get("status"))),
+        sum(1 for r in replicas if r.get("state") == "RUNNING"),
+        deployment.get("message") or "",
+        1 if minimum is None else int(minimum),
+        replicas,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """An enum's value (Serve's details hold its status enums), anything else as is."""
+    return getattr(value, "value", value)

@@ -31,6 +31,18 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
         ("model",),
         LATENCY_BOUNDARIES_MS,
     ),
+    "serve_app_version_requests": (
+        "counter",
+        "Requests each model version answered in its replicas (canary splits), by outcome",
+        ("model", "version", "outcome"),
+        None,
+    ),
+    "serve_app_version_latency_ms": (
+        "histogram",
+        "Time a model version's replica took to answer a request, by model and version",
+        ("model", "version"),
+        LATENCY_BOUNDARIES_MS,
+    ),
     "serve_app_batch_rows": (
         "histogram",
         "Rows (instances) per model call after dynamic batching",
@@ -122,33 +134,48 @@ def _record(name: str, value: float, tags: dict[str, str]) -> None:
         logger.debug("metric %s not recorded: %s", name, exc)
 
 
-# Request counts are added up here and exported every FLUSH_S: one counter update per
-# (model, code) per period instead of one per request, on the ingress's busiest path.
+# Per-request counts are added up here and exported every FLUSH_S: one counter update per
+# tag set per period instead of one per request, on the busiest paths.
 FLUSH_S = 2.0
-_pending_requests: collections.Counter[tuple[str, int]] = collections.Counter()
+_pending_counts: collections.Counter[tuple[str, tuple[tuple[str, str], ...]]] = (
+    collections.Counter()
+)
 _flush_timer: asyncio.TimerHandle | None = None
 
 
-def record_request(model: str, code: int, seconds: float) -> None:
-    """Count one answered request and observe its latency."""
+def count(name: str, tags: dict[str, str]) -> None:
+    """Add one to a counter; exported within FLUSH_S."""
     global _flush_timer
-    _pending_requests[(model, code)] += 1
-    _record("serve_app_request_latency_ms", seconds * 1000, {"model": model})
+    _pending_counts[(name, tuple(tags.items()))] += 1
     if _flush_timer is None:
         try:
-            _flush_timer = asyncio.get_running_loop().call_later(FLUSH_S, flush_requests)
+            _flush_timer = asyncio.get_running_loop().call_later(FLUSH_S, flush_counts)
         except RuntimeError:  # no event loop (a unit test): export at once
-            flush_requests()
+            flush_counts()
 
 
-def flush_requests() -> None:
-    """Export the request counts added up since the last flush."""
+def flush_counts() -> None:
+    """Export the counts added up since the last flush."""
     global _flush_timer
     _flush_timer = None
-    pending = dict(_pending_requests)
-    _pending_requests.clear()
-    for (model, code), count in pending.items():
-        _record("serve_app_requests", count, {"model": model, "code": str(code)})
+    pending = dict(_pending_counts)
+    _pending_counts.clear()
+    for (name, tags), value in pending.items():
+        _record(name, value, dict(tags))
+
+
+def record_request(model: str, code: int, seconds: float) -> None:
+    """Count one answered request and observe its latency (ingress)."""
+    count("serve_app_requests", {"model": model, "code": str(code)})
+    _record("serve_app_request_latency_ms", seconds * 1000, {"model": model})
+
+
+def record_version_request(model: str, version: int, seconds: float, ok: bool) -> None:
+    """Count one request a model version answered and observe its latency (replica): what
+    a canary split is judged by."""
+    tags = {"model": model, "version": str(version)}
+    count("serve_app_version_requests", {**tags, "outcome": "ok" if ok else "error"})
+    _record("serve_app_version_latency_ms", seconds * 1000, tags)
 
 
 def record_batch(model: str, rows: int, requests: int) -> None:

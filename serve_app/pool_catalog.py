@@ -86,12 +86,12 @@ class PoolCatalog:
                 continue
             self.pools[name].models = set(listed)
             self.pools[name].listed_at = time.monotonic()
-        self._rebuild()
+        self.rebuild()
 
     async def _list(self, pool: PoolView) -> list[str]:
         return await asyncio.wait_for(pool.handle.list_models.remote(), timeout=LIST_TIMEOUT_S)
 
-    def _rebuild(self) -> None:
+    def rebuild(self) -> None:
         """Names are unique across the fleet: a dedicated model wins over a pool's, and the
         first pool in the config over later ones; the loser is skipped, with a warning."""
         owner: dict[str, str] = {}
@@ -116,8 +116,9 @@ class PoolCatalog:
             self._background = asyncio.get_running_loop().create_task(self._poll_forever())
 
     async def _poll_forever(self) -> None:
-        interval = min(p.discovery_interval_s for p in self.pools.values())
         while True:
+            # Pools come and go (their own applications): the shortest interval of those now.
+            interval = min((p.discovery_interval_s for p in self.pools.values()), default=30.0)
             try:
                 await self.refresh(max_age=interval)
             except Exception:  # keep the last view; the next round tries again

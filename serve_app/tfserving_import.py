@@ -278,13 +278,17 @@ def _batching(text: str, notes: list[str]) -> dict[str, Any]:
     return out
 
 
-def render(imported: Imported, source: str, http_port: int = 8000) -> str:
-    """A complete serve_config.yaml: one application running the imported models."""
+def render(imported: Imported, source: str, http_port: int = 8000, grpc_port: int = 9000) -> str:
+    """A complete serve_config.yaml: one application running the imported models, with TF
+    Serving's gRPC services (and the Open Inference Protocol's) on ``grpc_port``."""
+    from serve_app.grpc.services import SERVICER_FUNCTIONS
+
     header = [f"# Imported from TF Serving's {source} by `serve-app import-tfserving`."]
     header += [f"# note: {note}" for note in imported.notes]
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": http_port},
+        "grpc_options": {"port": grpc_port, "grpc_servicer_functions": SERVICER_FUNCTIONS},
         "applications": [
             {
                 "name": "models",

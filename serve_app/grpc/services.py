@@ -23,6 +23,12 @@ from typing import Any
 import grpc
 
 DEADLINE_KEY = "serve-app-deadline"
+# grpc_options.grpc_servicer_functions: every service (serve_config.yaml, the tests' Serve).
+SERVICER_FUNCTIONS = [
+    f"{__name__}.add_PredictionServiceServicer_to_server",
+    f"{__name__}.add_ModelServiceServicer_to_server",
+    f"{__name__}.add_GRPCInferenceServiceServicer_to_server",
+]
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"

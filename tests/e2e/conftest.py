@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_URL = "http://127.0.0.1:8000"
+GRPC_PORT = 9000  # serve_config.yaml's grpc_options
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +30,9 @@ def served_fleet() -> Iterator[None]:
         pytest.fail("port 8000 is already in use; stop the other server first")
     except requests.ConnectionError:
         pass
+    with socket.socket() as probe:  # the README's gRPC calls must reach this server too
+        if probe.connect_ex(("127.0.0.1", GRPC_PORT)) == 0:
+            pytest.fail(f"port {GRPC_PORT} (gRPC) is already in use; stop the other server first")
     build_model_repository(ROOT / "model_repository")
     serve = Path(sys.executable).parent / "serve"
     process = subprocess.Popen(

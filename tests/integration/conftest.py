@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.examples import build_model_repository
+from serve_app.grpc.services import SERVICER_FUNCTIONS
 from tests.helpers import free_port, wait_for
 
 # Logical CPUs for scheduling fractional replicas; the machine has 2 real cores.
@@ -33,11 +34,21 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def serve_url() -> Iterator[str]:
+def grpc_port() -> int:
+    """The port of Serve's gRPC server (TF Serving's and the Open Inference Protocol's
+    services, as in serve_config.yaml)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def serve_url(grpc_port: int) -> Iterator[str]:
     """Start Ray and Serve once; tear both down at the end, leaving no processes behind."""
     port = free_port()
     ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port},
+        grpc_options={"port": grpc_port, "grpc_servicer_functions": SERVICER_FUNCTIONS},
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -67,6 +78,17 @@ def deploy(
     if runtime_env:
         application["runtime_env"] = copy.deepcopy(runtime_env)
     _applications[app_name] = application
+    config = ServeDeploySchema.model_validate({"applications": list(_applications.values())})
+    serve.context._get_global_client().deploy_apps(config, _blocking=False)
+
+
+def deploy_apps(applications: list[dict[str, Any]], remove: tuple[str, ...] = ()) -> None:
+    """Deploy (or change) several applications of any builder in one Serve config, and
+    remove others, as editing serve_config.yaml and re-running `serve deploy` does."""
+    for name in remove:
+        _applications.pop(name, None)
+    for application in applications:
+        _applications[application["name"]] = copy.deepcopy(application)
     config = ServeDeploySchema.model_validate({"applications": list(_applications.values())})
     serve.context._get_global_client().deploy_apps(config, _blocking=False)
 

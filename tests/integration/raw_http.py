@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 @dataclass
 class Answer:
     status: int
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: bytes
     sent: bytes  # the request's bytes, exactly
 
@@ -47,10 +47,11 @@ def send(
     sent = b"\r\n".join(lines) + b"\r\n\r\n" + body
     with socket.create_connection((url.hostname, url.port), timeout=timeout_s) as sock:
         sock.sendall(sent)
-        response = http.client.HTTPResponse(sock)
+        response = http.client.HTTPResponse(sock, method=method)  # HEAD: no body to read
         response.begin()
         answer = response.read()
-        return Answer(response.status, dict(response.getheaders()), answer, sent)
+        headers_seen = {name.lower(): value for name, value in response.getheaders()}
+        return Answer(response.status, headers_seen, answer, sent)
 
 
 def post_json(base: str, path: str, document: Any, headers: dict[str, str] | None = None):

@@ -14,6 +14,7 @@ import json
 
 import pytest
 
+from tests.integration.fleet import MAX_REQUEST_BYTES
 from tests.integration.raw_http import post_json, send
 
 pytestmark = pytest.mark.integration
@@ -233,3 +234,24 @@ def test_example_features_their_protobuf_lists_cannot_hold_are_400(fleet, featur
     assert post_json(fleet["url"], "/v1/models/half-plus-two:regress", good).json() == {
         "results": [3.0]
     }
+
+
+# --- the load test's mixed mode, briefly -----------------------------------------------------
+
+
+def test_load_test_mixed_mode_runs_against_the_fleet(fleet):
+    import asyncio
+
+    from bench.bad_requests import KINDS, catalogue
+    from bench.load_test import run
+
+    models = ["digits", "minilm", "tiny-gpt2"]
+    bad = catalogue(max_request_bytes=MAX_REQUEST_BYTES)
+    report = asyncio.run(run(fleet["url"], models, 4.0, 8, 400, 30.0, 0.5, bad))
+    mixed = report["mixed"]
+    assert mixed["bad"]["requests"] > 0 and mixed["good"]["requests"] > 0, mixed
+    assert set(mixed["bad"]["by_kind"]) <= set(KINDS)
+    assert mixed["good"]["failed"] == 0, mixed["good"]
+    assert mixed["answers_500"] == 0 and mixed["bad"]["not_4xx"] == 0, mixed["bad"]
+    assert mixed["replicas"]["restarted"] == [], mixed["replicas"]
+    assert report["passed"], report

@@ -174,9 +174,13 @@ def test_head_runs_no_replicas_and_every_pod_serves_and_exports_metrics(built, n
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
     for group in groups:
         assert group["rayStartParams"]["metrics-export-port"] == "8080"
+    grpc = serve_config_of(rayservice)["grpc_options"]
     for where, container in containers(rayservice):
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["serve"] == http["port"], where
+        # KubeRay (>= 1.7) puts the head's `serve-` ports on the serve Service: gRPC clients
+        # reach the same Service as HTTP ones.
+        assert ports["serve-grpc"] == grpc["port"], where
         assert ports["metrics"] == 8080, where
     service_accounts = {o["metadata"]["name"] for o in built[name] if o["kind"] == "ServiceAccount"}
     for where, template in pod_templates(rayservice):

@@ -161,12 +161,19 @@ def test_network_policy_admits_each_port_to_who_needs_it_and_no_one_else(built, 
         {"pod": {"k8s-app": "konnectivity-agent"}, "namespace": "kube-system"},
     ]
     prometheus = [{"pod": {"app.kubernetes.io/name": "collector"}, "namespace": "gmp-system"}]
-    every_port = [serve_port, *replica_ports, *RAY_INTERNAL, *EPHEMERAL, *CLOSED]
+    # gRPC clients in the cluster opt in with a label; gRPC does not cross the gateway.
+    grpc_port = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["grpc_options"]["port"]
+    grpc_clients = [
+        {"pod": {"serve-app/grpc-client": "true"}, "namespace": "default"},
+        {"pod": {"serve-app/grpc-client": "true", "app": "x"}, "namespace": NAMESPACE},
+    ]
+    every_port = [serve_port, grpc_port, *replica_ports, *RAY_INTERNAL, *EPHEMERAL, *CLOSED]
     expected = [
         (strangers, set()),
         (gateway, {serve_port}),
         (operator, {serve_port, 8265}),
         (prometheus, {8080}),
+        (grpc_clients, {grpc_port}),
     ]
     for target in pods:
         for sources, open_ports in expected:
@@ -186,6 +193,7 @@ def test_the_network_policy_ports_are_the_ports_the_pods_use(built, name: str) -
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["metrics"] == 8080
         assert ports["serve"] == 8000
+        assert ports["serve-grpc"] == 9000
         if group.is_head:
             assert (ports["gcs-server"], ports["dashboard"], ports["client"]) == (6379, *CLOSED)
     policy = one(built[name], "NetworkPolicy")

@@ -20,6 +20,8 @@ def test_defaults() -> None:
         "version_policy": {"latest": 1, "specific": None, "all": None},
         "labels": {},
         "poll_interval_s": 0.0,
+        "traffic": None,
+        "swap_policy": "availability",
     }
     # resources and dtype: a replica sets up its GPU share (or CPU) and dtype at start.
     assert set(spec.load_settings()) == {"name", "framework", "uri", "task", "resources", "dtype"}
@@ -98,3 +100,18 @@ def test_hot_settings_are_strict_too() -> None:
     assert parse_hot_settings(None, "m").batching.max_batch_size == 32
     with pytest.raises(ConfigError, match=r"user_config for model 'm'(.|\n)*unknown key 'size'"):
         parse_hot_settings({"batching": {"size": 2}}, "m")
+
+
+def test_a_traffic_split_is_a_hot_setting_within_the_version_policy() -> None:
+    config = parse_app_config(
+        {"models": [model(version_policy={"specific": [1, 2]}, traffic={1: 90, "2": 10})]}
+    )
+    assert config.models[0].hot_settings().traffic == {1: 90.0, 2: 10.0}
+    for bad, fragment in [
+        ({"traffic": {1: 90, 2: 10}}, "latest: 1 keeps only 1 loaded"),
+        ({"version_policy": {"specific": [1]}, "traffic": {2: 1}}, "does not load"),
+        ({"version_policy": {"latest": 2}, "traffic": {1: 0, 2: 0}}, "no version any weight"),
+        ({"version_policy": {"latest": 2}, "traffic": {1: -1}}, "traffic.1"),
+    ]:
+        with pytest.raises(ConfigError, match=fragment):
+            parse_app_config({"models": [model(**bad)]})

@@ -14,9 +14,9 @@ def test_the_ingress_asks_ray_for_its_label_selector() -> None:
     config = parse_app_config(
         {"models": [MODEL], "ingress": {"label_selector": {"ray.io/node-group": "cpu"}}}
     )
-    options = _ingress_deployment(config).ray_actor_options
+    options = _ingress_deployment(config.ingress).ray_actor_options
     assert options == {"num_cpus": 0.0, "label_selector": {"ray.io/node-group": "cpu"}}
-    plain = _ingress_deployment(parse_app_config({"models": [MODEL]})).ray_actor_options
+    plain = _ingress_deployment(parse_app_config({"models": [MODEL]}).ingress).ray_actor_options
     assert plain == {"num_cpus": 0.0}
 
 

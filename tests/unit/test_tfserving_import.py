@@ -13,6 +13,7 @@ import yaml
 
 from serve_app.cli import main
 from serve_app.config import parse_app_config
+from serve_app.grpc.services import SERVICER_FUNCTIONS
 from serve_app.tfserving_import import (
     ImportRefused,
     batching_parameters_class,
@@ -62,6 +63,11 @@ def test_tf_servings_example_configs_become_a_valid_fleet() -> None:
     assert any(note.startswith("num_batch_threads is not carried over") for note in imported.notes)
     document = yaml.safe_load(render(imported, "good_model_config.txt", http_port=8501))
     assert document["http_options"]["port"] == 8501
+    # TF Serving's gRPC services too, as serve_config.yaml has them.
+    assert document["grpc_options"] == {
+        "port": 9000,
+        "grpc_servicer_functions": SERVICER_FUNCTIONS,
+    }
     (application,) = document["applications"]
     assert application["import_path"] == "serve_app.app:build_app"
     assert application["args"] == imported.args

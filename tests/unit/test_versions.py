@@ -1,5 +1,8 @@
 """The version table: availability first, labels, retries of failed versions."""
 
+import random
+from collections import Counter
+
 import pytest
 
 from deployments.versions import (
@@ -74,3 +77,22 @@ def test_resolve_by_number_and_label() -> None:
         versions.resolve(9, None, labels, [2])
     with pytest.raises(ModelUnavailable):
         table(v1=LOADING).default([1])
+
+
+def test_a_traffic_split_draws_available_versions_by_weight() -> None:
+    random.seed(7)
+    versions = table(v1=AVAILABLE, v2=AVAILABLE)
+    drawn = Counter(
+        versions.resolve(None, None, {}, [2], {1: 90, 2: 10}).number for _ in range(5000)
+    )
+    # 500 expected for version 2; the standard deviation is about 21: allow 5 of them.
+    assert abs(drawn[2] - 500) < 110 and drawn[1] + drawn[2] == 5000
+    # Pinned requests and labels ignore the split.
+    assert versions.resolve(2, None, {}, [2], {1: 100}).number == 2
+    assert versions.resolve(None, "canary", {"canary": 2}, [2], {1: 100}).number == 2
+
+
+def test_a_split_to_versions_that_are_not_available_falls_back_to_the_default() -> None:
+    versions = table(v1=AVAILABLE, v2=END)
+    assert versions.resolve(None, None, {}, [1, 2], {2: 100}).number == 1
+    assert versions.resolve(None, None, {}, [1, 2], {1: 0, 2: 0, 3: 5}).number == 1
