@@ -104,6 +104,7 @@ class ModelDeployment:
             "load_seconds": round(self.host.load_seconds, 3),
             "versions": self.host.table.statuses(),
             "version_traffic": self.host.versions_report(),
+            "swaps": list(self.host.swaps),
             **replica_report(),
         }
 

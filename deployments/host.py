@@ -102,6 +102,7 @@ class ModelHost:
         self.closed = False  # unload_all ran: nothing loads or serves any more
         # Set while a resource-preserving swap has no version loaded: requests wait on it.
         self.swap_gap: asyncio.Event | None = None
+        self.swaps: collections.deque[dict[str, Any]] = collections.deque(maxlen=10)
 
     # --- loading and unloading ---------------------------------------------------------
 
@@ -230,6 +231,7 @@ class ModelHost:
         swap one at a time, so the others keep answering meanwhile."""
         async with swap_turn(self.name):
             self.swap_gap = asyncio.Event()
+            started = time.monotonic()
             logger.info(
                 "model '%s': swapping version(s) %s for %s (swap_policy: resource)",
                 self.name,
@@ -243,6 +245,14 @@ class ModelHost:
             finally:
                 gap, self.swap_gap = self.swap_gap, None
                 gap.set()
+                self.swaps.append(
+                    {
+                        "policy": RESOURCE,
+                        "unloaded": leaving,
+                        "loaded": [v for v in to_load if v in self.table.available()],
+                        "gap_s": round(time.monotonic() - started, 3),
+                    }
+                )
 
     async def _maintain(self) -> None:
         """Reconcile when woken (a config change) or every ``poll_interval_s`` (polling)."""

@@ -282,6 +282,7 @@ class PoolReplica:
             "load_seconds": round(host.load_seconds, 3),
             "versions": host.table.statuses(),
             "version_traffic": host.versions_report(),
+            "swaps": list(host.swaps),
             "pool": self.pool_report(),
             **replica_report(),
         }

@@ -141,6 +141,10 @@ class TransformersModel(Servable):
         counts = dict(zip(distinct, map(len, self._tokenizer(distinct)["input_ids"])))
         lengths = [counts[text] for text in texts]
         for row, (length, budget) in enumerate(zip(lengths, budgets.tolist())):
+            if length == 0:  # generate() indexes the prompt's last token: IndexError, a 500
+                raise InvalidInput(
+                    f"text[{row}] has no tokens: generation needs a prompt of at least one token"
+                )
             if length + budget > self._max_length:
                 raise InvalidInput(
                     f"text[{row}] ({length} tokens) plus max_new_tokens ({budget}) exceeds"

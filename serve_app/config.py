@@ -104,6 +104,13 @@ class AutoscalingSpec(_Strict):
     min_replicas: Annotated[int, Field(ge=0)] = 1
     max_replicas: Annotated[int, Field(ge=1)] = 1
     target_ongoing_requests: Annotated[float, Field(gt=0)] | None = None
+    # Replicas at start (min_replicas: 0 with initial_replicas: 0 starts at zero).
+    initial_replicas: Annotated[int, Field(ge=0)] | None = None
+    # How long a scaling decision must hold before it applies (Serve: 30 s up, 600 s down).
+    upscale_delay_s: Annotated[float, Field(ge=0)] | None = None
+    downscale_delay_s: Annotated[float, Field(ge=0)] | None = None
+    # The delay of the last step, from one replica to zero (default: downscale_delay_s).
+    downscale_to_zero_delay_s: Annotated[float, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingSpec:

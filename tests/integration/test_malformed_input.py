@@ -236,6 +236,24 @@ def test_example_features_their_protobuf_lists_cannot_hold_are_400(fleet, featur
     }
 
 
+# --- an empty prompt (found by test_fuzz: generate() indexed its last token, a 500) --------
+
+
+@pytest.mark.parametrize(
+    ("path", "document"),
+    [
+        ("/v1/models/tiny-gpt2:predict", {"instances": [""]}),
+        ("/v1/models/tiny-gpt2:predict", {"instances": [{"text": "", "max_new_tokens": 2}]}),
+        ("/v1/completions", {"model": "tiny-gpt2", "prompt": "", "max_tokens": 2}),
+        ("/v1/completions", {"model": "tiny-gpt2", "prompt": ["hi", ""], "max_tokens": 2}),
+    ],
+)
+def test_an_empty_prompt_is_400(fleet, path, document):
+    answer = post_json(fleet["url"], path, document)
+    assert answer.status == 400, (answer.status, answer.text[:300])
+    assert "no tokens" in answer.text, answer.text
+
+
 # --- the load test's mixed mode, briefly -----------------------------------------------------
 
 
