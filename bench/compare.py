@@ -7,11 +7,13 @@
 
 For each model: the in-process limit (``bench.inprocess``, in a child process), then each
 server in turn, alone on the machine: start it, wait until a real request answers 200 with
-the reference output, and for each of its endpoints and each concurrency C run wrk closed
-loop with C connections (a warm-up run, then the measured run), counting the CPU of the
-server's whole process tree. Then stop it (SIGINT, then SIGTERM/SIGKILL to what is left of
-its tree) and check its ports are free. Writes ``compare.json``, ``compare.md`` and
-``compare_<model>.png`` (``bench.report``).
+the reference output, and for each of its HTTP endpoints and each concurrency C run wrk
+closed loop with C connections (a warm-up run, then the measured run), counting the CPU of
+the server's whole process tree. Servers with an Open Inference Protocol gRPC endpoint (this
+service and Triton) are then loaded over gRPC too (``bench.grpc_load``, at c = 1 and 64 by
+default), their answers checked the same way. Then stop it (SIGINT, then SIGTERM/SIGKILL to
+what is left of its tree) and check its ports are free. Writes ``compare.json``,
+``compare.md`` and ``compare_<model>.png`` (``bench.report``).
 """
 
 from __future__ import annotations
@@ -26,20 +28,25 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, machine, report
+import grpc
+from google.protobuf.message import DecodeError
+
+from bench import grpc_load, loadgen, machine, report
 from bench.models import MODELS, REPO_ROOT
 from bench.procs import ServerProcess, cpu_delta, port_in_use, top_processes
 from bench.servers import PEERS, SERVERS
-from bench.servers.base import Endpoint, Server
+from bench.servers.base import Endpoint, GrpcEndpoint, Server
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "compare.json"
 LOGS = REPO_ROOT / "bench" / ".logs"
 MAX_ABS_DIFF = 1e-4  # an answer further than this from the in-process output is wrong
 SETTLE_CORES = 0.3  # after the first answer, wait until the server uses less CPU than this
 SETTLE_MAX_S = 60.0
+GRPC_READY_S = 60.0  # the gRPC port may open a little after HTTP answers
 
 
 def log(message: str) -> None:
@@ -95,6 +102,11 @@ def check_answer(
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         result.update(ok=False, error=f"unexpected answer ({exc!r}): {str(answer)[:300]}")
         return result
+    return compare_row(result, row, reference)
+
+
+def compare_row(result: dict[str, Any], row: list[float], reference: list[float]) -> dict[str, Any]:
+    """``result`` with ``ok`` and the largest difference between ``row`` and the reference."""
     if len(row) != len(reference):
         result.update(ok=False, error=f"output has {len(row)} values, expected {len(reference)}")
         return result
@@ -103,6 +115,40 @@ def check_answer(
     if diff > MAX_ABS_DIFF:
         result["error"] = f"output differs from the in-process reference by {diff:.3g}"
     return result
+
+
+def check_grpc_answer(
+    server: Server, endpoint: GrpcEndpoint, reference: list[float], timeout_s: float = 30.0
+) -> dict[str, Any]:
+    """One gRPC call (retried while the port is not yet serving): is it OK, with an output
+    that matches the in-process reference? The answer is decoded with tritonclient's
+    classes here, never in the load generator."""
+    deadline = time.monotonic() + GRPC_READY_S
+    with grpc.insecure_channel(server.grpc_target()) as channel:
+        call = channel.unary_unary(
+            endpoint.method, request_serializer=None, response_deserializer=None
+        )
+        while True:
+            try:
+                raw = call(endpoint.body(), timeout=timeout_s)
+                break
+            except grpc.RpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                return {
+                    "status": code.name,
+                    "ok": False,
+                    "error": f"{code.name}: {error.details()}",
+                }
+    result: dict[str, Any] = {"status": "OK"}
+    try:
+        row = endpoint.extract(raw)
+    except (DecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        result.update(ok=False, error=f"unexpected answer ({exc!r}), {len(raw)} bytes")
+        return result
+    return compare_row(result, row, reference)
 
 
 def wait_ready(
@@ -160,21 +206,44 @@ def measure_idle(proc: ServerProcess, seconds: float) -> dict[str, Any]:
     }
 
 
+Load = Callable[[int, float], dict[str, Any]]  # (concurrency, seconds) -> one run's result
+
+
+def load_for(server: Server, endpoint: Endpoint | GrpcEndpoint, args: argparse.Namespace) -> Load:
+    """The closed-loop load of an endpoint: wrk for HTTP, ``bench.grpc_load`` for gRPC."""
+    if isinstance(endpoint, GrpcEndpoint):
+        call = grpc_load.Request(server.grpc_target(), endpoint.method, endpoint.body())
+        return lambda c, seconds: grpc_load.run(call, c, seconds, args.grpc_channels)
+    request = loadgen.Request(server.url(endpoint), endpoint.body_text())
+    return lambda c, seconds: loadgen.run(request, c, seconds, args.wrk_threads)
+
+
+def request_record(server: Server, endpoint: Endpoint | GrpcEndpoint) -> dict[str, Any]:
+    """The exact request of an endpoint, as recorded in the results."""
+    if isinstance(endpoint, GrpcEndpoint):
+        call = grpc_load.Request(server.grpc_target(), endpoint.method, endpoint.body())
+        return {**call.to_json(), "protocol": endpoint.protocol, "message": endpoint.describe()}
+    request = loadgen.Request(server.url(endpoint), endpoint.body_text())
+    return {"protocol": endpoint.protocol, **request.to_json()}
+
+
 def measure_endpoint(
     server: Server,
     proc: ServerProcess,
-    endpoint: Endpoint,
+    endpoint: Endpoint | GrpcEndpoint,
     args: argparse.Namespace,
 ) -> list[dict[str, Any]]:
-    """Warm-up + measured wrk run at each concurrency, with the tree's CPU."""
-    request = loadgen.Request(server.url(endpoint), endpoint.body_text())
+    """Warm-up + measured run at each concurrency (HTTP: ``--concurrency``, gRPC:
+    ``--grpc-concurrency``), with the tree's CPU."""
+    load = load_for(server, endpoint, args)
+    grpc_endpoint = isinstance(endpoint, GrpcEndpoint)
     points = []
-    for connections in args.concurrency:
+    for connections in args.grpc_concurrency if grpc_endpoint else args.concurrency:
         warmup: dict[str, Any] = {}
         if args.warmup > 0:  # wrk runs whole seconds: at least 1
-            warmup = loadgen.run(request, connections, args.warmup, args.wrk_threads)
+            warmup = load(connections, args.warmup)
         before, busy0, t0 = proc.cpu_snapshot(), machine.busy_cpu_seconds(), time.monotonic()
-        run = loadgen.run(request, connections, args.duration, args.wrk_threads)
+        run = load(connections, args.duration)
         after, busy1, wall = proc.cpu_snapshot(), machine.busy_cpu_seconds(), time.monotonic() - t0
         server_cpu = cpu_delta(before, after)
         point = {"concurrency": connections, **run, "server_cpu_s": round(server_cpu, 3)}
@@ -183,7 +252,9 @@ def measure_endpoint(
             point["cpu_ms_per_request"] = 1000 * server_cpu / run["requests"]
         point["server_cores_busy"] = round(server_cpu / wall, 2)
         point["top_processes_cpu_s"] = top_processes(proc, before, after)
-        other = (busy1 - busy0) - server_cpu - run.get("wrk_cpu_s", 0.0)
+        # The load generator's own CPU (wrk's, or the gRPC generator's) is not other load.
+        client_cpu = run.get("wrk_cpu_s", run.get("client_cpu_s", 0.0))
+        other = (busy1 - busy0) - server_cpu - client_cpu
         point["other_cores_busy"] = round(max(0.0, other) / wall, 2)  # noise from other work
         points.append(point)
         log(
@@ -201,10 +272,8 @@ def run_server(
     """Start, check, measure and stop one server for one model."""
     result: dict[str, Any] = {"server": server.name, "settings": server.settings(model)}
     endpoints = server.endpoints(model)
-    result["requests"] = {
-        e.label: {"protocol": e.protocol, **loadgen.Request(server.url(e), e.body_text()).to_json()}
-        for e in endpoints
-    }
+    grpc_endpoints = server.grpc_endpoints(model) if args.grpc_concurrency else []
+    result["requests"] = {e.label: request_record(server, e) for e in [*endpoints, *grpc_endpoints]}
     reason = server.unavailable()
     busy = [port for port in server.ports() if port_in_use(port)]
     if reason or busy:
@@ -229,8 +298,11 @@ def run_server(
             result["processes"] = proc.describe()
             result["idle"] = measure_idle(proc, args.idle)
             result["endpoints"] = {}
-            for endpoint in endpoints:
-                check = check_answer(server, endpoint, reference)
+            for endpoint in [*endpoints, *grpc_endpoints]:
+                if isinstance(endpoint, GrpcEndpoint):
+                    check = check_grpc_answer(server, endpoint, reference)
+                else:
+                    check = check_answer(server, endpoint, reference)
                 entry: dict[str, Any] = {"protocol": endpoint.protocol, "check": check}
                 if check["ok"]:
                     entry["points"] = measure_endpoint(server, proc, endpoint, args)
@@ -298,6 +370,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS))
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 16, 64])
+    parser.add_argument(
+        "--grpc-concurrency",
+        nargs="*",
+        type=int,
+        default=[1, 64],
+        help="V2 gRPC points (this service and Triton); none: no gRPC points",
+    )
+    parser.add_argument("--grpc-channels", type=int, default=1, help="HTTP/2 connections")
     parser.add_argument("--duration", type=float, default=15.0, help="measured s per point")
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up s before each point")
     parser.add_argument("--idle", type=float, default=3.0, help="s of idle CPU measured per server")
@@ -308,8 +388,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.wrk_threads <= 2:
         parser.error("--wrk-threads must be 1 or 2")
-    if min(args.concurrency) < 1 or args.duration <= 0:
+    if min(args.concurrency + args.grpc_concurrency) < 1 or args.duration <= 0:
         parser.error("--concurrency must be >= 1 and --duration > 0")
+    if args.grpc_channels < 1:
+        parser.error("--grpc-channels must be >= 1")
     return args
 
 
@@ -331,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "concurrency": args.concurrency,
+            "grpc_concurrency": args.grpc_concurrency,
+            "grpc_channels": args.grpc_channels,
+            "grpc_load": "bench.grpc_load (grpc.aio, closed loop, raw bytes)",
             "wrk_threads": args.wrk_threads,
             "wrk": loadgen.wrk_version(),
             "wrk_timeout_s": loadgen.WRK_TIMEOUT_S,

@@ -1,6 +1,10 @@
 """Markdown tables and PNG plots of a comparison (``compare.json`` -> ``.md`` and ``.png``).
 
 python -m bench.report bench/results/compare.json    # redraw from a saved run
+
+Per model: the tables (every point, every server, issue 14's targets) in ``compare.md``, and
+``compare_<model>.png``: each server's and endpoint's throughput at c=64 as a fraction of the
+best other server's, this service highlighted, with the machine and the date.
 """
 
 from __future__ import annotations
@@ -10,7 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.targets import AT_C, OURS, evaluate
+
 SMOKE_BELOW_S = 10.0  # a run shorter than this per point is labelled a smoke run
+OURS_COLOUR = "#d62728"
+PEER_COLOUR = "#8c8c8c"
 Row = tuple[str, str, dict[str, Any]]  # (endpoint label, protocol, point)
 
 
@@ -44,8 +52,40 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def targets_markdown(model: str, model_result: dict[str, Any]) -> list[str]:
+    """Issue 14's targets for the model: measured, bound, met or not."""
+    lines = [
+        f"Issue 14 targets, {model} ({OURS}: its best endpoint; every endpoint in *how*):",
+        "",
+        "| target | measured | target | met | how |",
+        "|---|---:|---:|---|---|",
+    ]
+    for t in evaluate(model, model_result):
+        space = "" if t.unit == "x" else " "
+        measured = "-" if t.measured is None else f"{t.measured:,.3g}{space}{t.unit}"
+        bound = "report only" if t.bound is None else f"{'≥' if t.at_least else '≤'} {t.bound:g}"
+        met = {True: "met", False: "**not met**", None: "-"}[t.met]
+        if t.bound is not None and t.measured is None:
+            met = "not measured"
+        lines.append(f"| {t.name} | {measured} | {bound} | {met} | {t.detail} |")
+    return lines
+
+
+def request_line(label: str, request: dict[str, Any]) -> str:
+    """One request as the report shows it: HTTP method, URL and body, or the gRPC call."""
+    if "method" in request and "target" in request:  # gRPC
+        message = json.dumps(request.get("message", {}), separators=(",", ":"))
+        return (
+            f"- {label}: gRPC `{request['target']}` `{request['method']}` `{message}`"
+            f" ({request['body_bytes']} bytes)"
+        )
+    body = json.dumps(request["body"], separators=(",", ":"))
+    return f"- {label}: `POST {request['url']}` `{body}`"
+
+
 def model_markdown(model: str, model_result: dict[str, Any]) -> list[str]:
-    """One model's section: the limit, the table, what was skipped, the exact requests."""
+    """One model's section: the limit, the tables and targets, what was skipped, the
+    exact requests."""
     limit = model_result["in_process"]
     lines = [f"## {model}", ""]
     lines.append(
@@ -92,6 +132,7 @@ def model_markdown(model: str, model_result: dict[str, Any]) -> list[str]:
             f" | {_num(server.get('idle', {}).get('cores_busy'), 3)}"
             f" | {len(server.get('processes', []))} | {', '.join(stop.get('steps', [])) or '-'} |"
         )
+    lines += ["", *targets_markdown(model, model_result)]
     problems = []
     for server in model_result["servers"]:
         if server.get("status") in ("skipped", "failed"):
@@ -104,16 +145,22 @@ def model_markdown(model: str, model_result: dict[str, Any]) -> list[str]:
                     problems.append(f"- **{label}** c={p['concurrency']}: {p.get('failure')}")
                     if p.get("non200_sample"):
                         problems.append(f"  first non-200 body: `{p['non200_sample'][:200]}`")
+                    if p.get("non_ok_sample"):
+                        problems.append(f"  first gRPC error: `{p['non_ok_sample'][:200]}`")
         stop = server.get("stop")
         if stop and (not stop["clean"] or stop["ports_busy_after"]):
             problems.append(f"- **{server['server']}** did not stop cleanly: {stop}")
     if problems:
         lines += ["", "Problems:", "", *problems]
-    lines += ["", f"Requests (one instance each; `Content-Type: application/json`), {model}:", ""]
+    lines += [
+        "",
+        f"Requests (one instance each; HTTP with `Content-Type: application/json`, gRPC with"
+        f" raw tensors), {model}:",
+        "",
+    ]
     for server in model_result["servers"]:
         for label, request in server.get("requests", {}).items():
-            body = json.dumps(request["body"], separators=(",", ":"))
-            lines.append(f"- {label}: `POST {request['url']}` `{body}`")
+            lines.append(request_line(label, request))
     lines.append("")
     return lines
 
@@ -145,6 +192,13 @@ def markdown(results: dict[str, Any]) -> str:
         " run; *other load* is the CPU the rest of the machine used meanwhile (noise).",
         "",
     ]
+    if s.get("grpc_concurrency"):
+        lines += [
+            f"gRPC points (protocol `v2-grpc`, C = {', '.join(map(str, s['grpc_concurrency']))}):"
+            f" {s.get('grpc_load', 'bench.grpc_load')}, exactly C concurrent callers over"
+            f" {s.get('grpc_channels', 1)} HTTP/2 connection(s), `ModelInfer` with raw tensors.",
+            "",
+        ]
     for model, model_result in results["models"].items():
         lines += model_markdown(model, model_result)
     lines += [
@@ -164,53 +218,94 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(model: str, model_result: dict[str, Any], path: Path) -> None:
-    """Throughput vs concurrency per server (the limit as a line), p50 and p99 bars."""
+def bars_at(model_result: dict[str, Any]) -> tuple[int, list[tuple[str, str, str, float]]]:
+    """The concurrency plotted (c=64, or the highest measured in a run without it) and each
+    OK point there: (server, endpoint label, protocol, req/s), in server order."""
+    found = [
+        (server["server"], label, entry["protocol"], point)
+        for server in model_result["servers"]
+        for label, entry in server.get("endpoints", {}).items()
+        for point in entry.get("points", [])
+        if point.get("ok")
+    ]
+    levels = {point["concurrency"] for *_, point in found}
+    if not levels:
+        return AT_C, []
+    level = AT_C if AT_C in levels else max(levels)
+    return level, [(s, lb, pr, p["rps"]) for s, lb, pr, p in found if p["concurrency"] == level]
+
+
+def machine_line(results: dict[str, Any]) -> str:
+    """The machine and the date, for a plot's footnote."""
+    m, s = results.get("machine", {}), results.get("settings", {})
+    smoke = " (smoke run)" if s.get("duration_s", SMOKE_BELOW_S) < SMOKE_BELOW_S else ""
+    return (
+        f"{m.get('cpu_model', '?')}, {m.get('physical_cores', '?')} cores"
+        f" ({m.get('logical_cpus', '?')} logical CPUs); {m.get('date_utc', '?')};"
+        f" commit {m.get('git_revision', '?')}; {s.get('duration_s', '?')} s per point{smoke}"
+    )
+
+
+def plot(model: str, model_result: dict[str, Any], path: Path, footnote: str) -> None:
+    """One bar per server and endpoint: throughput at c=64 over the best other server's
+    (every server but this one, best over its endpoints), this service highlighted, a line
+    at 1.0, the machine and date below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    series: dict[str, list[dict[str, Any]]] = {}
-    for label, _, point in rows(model_result):
-        if point.get("ok"):
-            series.setdefault(label, []).append(point)
-    fig, (ax_t, ax_50, ax_99) = plt.subplots(1, 3, figsize=(18, 5.5))
-    for label, points in series.items():
-        xs = [p["concurrency"] for p in points]
-        ax_t.plot(xs, [p["rps"] for p in points], marker="o", label=label)
-    limit = model_result["in_process"]
-    ax_t.axhline(
-        limit["best_items_per_s"],
-        color="black",
-        linestyle="--",
-        label=f"in-process limit (batch {limit['best_batch_size']})",
-    )
-    levels = sorted({p["concurrency"] for points in series.values() for p in points})
-    ax_t.set(xscale="log", yscale="log", xlabel="concurrency (connections)")
-    ax_t.set_xticks(levels, [str(level) for level in levels])
-    ax_t.minorticks_off()
-    ax_t.set(ylabel="throughput (req/s = items/s)", title=f"{model}: throughput")
-    ax_t.legend(fontsize=8)
-    labels = list(series)
-    width = 0.8 / max(1, len(levels))
-    for ax, key in ((ax_50, "p50"), (ax_99, "p99")):
-        for i, level in enumerate(levels):
-            values = [
-                next((p["latency_ms"][key] for p in series[lb] if p["concurrency"] == level), 0)
-                for lb in labels
-            ]
-            xs = [j + (i - (len(levels) - 1) / 2) * width for j in range(len(labels))]
-            ax.bar(xs, values, width=width, label=f"c={level}")
-        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-        ax.set(yscale="log", ylabel=f"{key} latency (ms)", title=f"{model}: {key} latency")
-        ax.legend(fontsize=8)
-    if limit.get("batch1_p50_ms"):
-        ax_50.axhline(
-            limit["batch1_p50_ms"], color="black", linestyle="--", label="in-process, 1 row"
+    level, bars = bars_at(model_result)
+    others = [(label, rps) for server, label, _, rps in bars if server != OURS]
+    best_label, best = max(others, key=lambda item: item[1]) if others else ("", 0.0)
+    values = [rps / best if best else rps for *_, rps in bars]
+    fig, ax = plt.subplots(figsize=(max(9.0, 1.0 * len(bars) + 5), 5.5))
+    xs = range(len(bars))
+    colours = [OURS_COLOUR if server == OURS else PEER_COLOUR for server, *_ in bars]
+    hatches = ["//" if protocol.endswith("grpc") else "" for _, _, protocol, _ in bars]
+    drawn = ax.bar(xs, values, color=colours, hatch=hatches, edgecolor="black", linewidth=0.5)
+    for bar, value, (_, _, _, rps) in zip(drawn, values, bars):
+        text = f"{value:.2f}x\n{rps:,.0f}/s" if best else f"{rps:,.0f}/s"
+        ax.annotate(
+            text,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 2),
+            textcoords="offset points",
         )
-        ax_50.legend(fontsize=8)
-    fig.tight_layout()
+    ax.set_xticks(list(xs), [label for _, label, _, _ in bars], rotation=30, ha="right")
+    for tick, (server, *_) in zip(ax.get_xticklabels(), bars):
+        if server == OURS:
+            tick.set_color(OURS_COLOUR)
+            tick.set_fontweight("bold")
+    handles = [
+        Patch(facecolor=OURS_COLOUR, edgecolor="black", label=f"this service ({OURS})"),
+        Patch(facecolor=PEER_COLOUR, edgecolor="black", label="other servers"),
+        Patch(facecolor="white", edgecolor="black", hatch="//", label="gRPC (V2 ModelInfer)"),
+    ]
+    if best:
+        line = ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+        line.set_label(f"1.0 = best other server: {best_label}, {best:,.1f} req/s")
+        handles.append(line)
+        ax.set_ylabel(f"throughput at c={level} / best other server")
+        title = f"{model}: throughput at c={level} as a fraction of the best other server"
+    else:
+        ax.set_ylabel(f"throughput at c={level} (req/s)")
+        title = f"{model}: throughput at c={level} (no other server measured)"
+    if level != AT_C:
+        title += f" (no c={AT_C} point in this run)"
+    ax.set_title(title, fontsize=11)
+    ax.set_ylim(0, max([*values, 1.0 if best else 0.0], default=1.0) * 1.18 or 1.0)
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    limit = model_result["in_process"]
+    limit_text = f"in-process limit {limit['best_items_per_s']:,.0f} items/s"
+    if best:
+        limit_text += f" = {limit['best_items_per_s'] / best:.2f}x the best other server"
+    fig.text(0.01, 0.01, f"{footnote}\n{limit_text}", fontsize=8, va="bottom")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -221,7 +316,7 @@ def write(results: dict[str, Any], out_json: Path) -> list[Path]:
     written[0].write_text(markdown(results))
     for model, model_result in results["models"].items():
         path = out_json.with_name(f"{out_json.stem}_{model}.png")
-        plot(model, model_result, path)
+        plot(model, model_result, path, machine_line(results))
         written.append(path)
     return written
 

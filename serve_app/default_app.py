@@ -1,7 +1,9 @@
 """The default fleet as an Application object, for tools that import one (``serve build``).
 
 ``serve build serve_app.default_app:app`` needs an Application, not a builder; this reads the
-args of ``serve_config.yaml`` (or the file named by ``SERVE_APP_CONFIG``) and builds it.
+fleet of ``serve_config.yaml`` (or of the file named by ``SERVE_APP_CONFIG``) and builds it
+as one application (``build_app``): its models, whether written as one application per model
+(``build_model`` / ``build_pool`` beside ``build_ingress``) or in one ``build_app``.
 """
 
 from __future__ import annotations
@@ -12,18 +14,34 @@ from pathlib import Path
 import yaml
 
 from serve_app.app import build_app
+from serve_app.fleet_status import MODEL_BUILDER, POOL_BUILDER
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "serve_config.yaml"
 
 
 def fleet_args(config_file: str | os.PathLike | None = None) -> dict:
-    """The ``args`` of the application built by ``serve_app.app:build_app`` in a Serve config."""
+    """The fleet of a Serve config as ``build_app`` args: ``models``, ``pools``, ``ingress``
+    (and the first ``store`` given)."""
     path = Path(config_file or os.environ.get("SERVE_APP_CONFIG") or DEFAULT_CONFIG)
     config = yaml.safe_load(path.read_text())
-    for application in config.get("applications", []):
+    applications = config.get("applications", [])
+    for application in applications:
         if application.get("import_path") == "serve_app.app:build_app":
             return application.get("args") or {}
-    raise ValueError(f"{path} has no application with import_path serve_app.app:build_app")
+    fleet: dict = {"models": [], "pools": []}
+    for application in applications:
+        args = dict(application.get("args") or {})
+        builder = application.get("import_path")
+        if builder in (MODEL_BUILDER, POOL_BUILDER):
+            store = args.pop("store", None)
+            if store is not None:
+                fleet.setdefault("store", store)
+            fleet["models" if builder == MODEL_BUILDER else "pools"].append(args)
+        elif builder == "serve_app.app:build_ingress":
+            fleet["ingress"] = args
+    if not fleet["models"] and not fleet["pools"]:
+        raise ValueError(f"{path} has no model or pool applications of serve_app.app")
+    return fleet
 
 
 app = build_app(fleet_args())

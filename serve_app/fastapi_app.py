@@ -15,10 +15,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app import guard
+from serve_app import guard, status_page
 from serve_app.dataplane import CallContext, DataPlane
 from serve_app.errors import ServingError
+from serve_app.fleet_view import FleetView
 from serve_app.http import Reply, StreamReply, error_reply, read_body
+from serve_app.jsonio import json_bytes
 from serve_app.routes import openai, tfserving, v2
 from serve_app.routes.v2 import parse_version
 
@@ -100,6 +102,27 @@ def build_fastapi_app(plane: DataPlane) -> FastAPI:
             return _response(await openai.completions(plane, ctx(), body))
         finally:
             plane.bodies.give(len(body))
+
+    # --- the status page -------------------------------------------------------------------
+    # ``/`` is static (no token: it is also what a load balancer checks); the data it shows
+    # comes from ``/fleet``, guarded like every other route.
+
+    view = FleetView(plane)
+    page_headers = {
+        "cache-control": "no-cache",
+        "content-security-policy": status_page.CONTENT_SECURITY_POLICY,
+        "x-content-type-options": "nosniff",
+    }
+
+    @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def get_status_page() -> Response:
+        return Response(status_page.PAGE, 200, page_headers, "text/html")
+
+    @api.get("/fleet")
+    async def get_fleet() -> Response:
+        """Every model and pool: status, reason, replicas, versions, recent traffic."""
+        body = json_bytes(await view.snapshot())
+        return Response(body, 200, {"cache-control": "no-store"}, "application/json")
 
     # --- errors ----------------------------------------------------------------------------
 

@@ -24,8 +24,9 @@ logger = logging.getLogger("ray.serve")
 
 TIMEOUT_HEADER = "x-request-timeout-seconds"
 REQUEST_ID_HEADER = "x-request-id"
-# Routes that answer without a token: liveness and readiness probes.
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/-/healthz", "/-/routes")
+# Routes that answer without a token: liveness and readiness probes, and the status page
+# ("" is ``/``: static HTML; the data it shows comes from ``/fleet``, which needs the token).
+OPEN_PATHS = ("", "/v2/health/live", "/v2/health/ready", "/-/healthz", "/-/routes")
 
 
 _DEFAULTS = IngressSpec()

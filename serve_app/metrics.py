@@ -11,6 +11,8 @@ import collections
 import logging
 from typing import Any
 
+from serve_app import recent
+
 logger = logging.getLogger("ray.serve")
 
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
@@ -165,7 +167,9 @@ def flush_counts() -> None:
 
 
 def record_request(model: str, code: int, seconds: float) -> None:
-    """Count one answered request and observe its latency (ingress)."""
+    """Count one answered request and observe its latency (ingress), and add it to the
+    status page's recent window (``serve_app/recent.py``): HTTP and gRPC both come here."""
+    recent.TRAFFIC.record(model, code, seconds)
     count("serve_app_requests", {"model": model, "code": str(code)})
     _record("serve_app_request_latency_ms", seconds * 1000, {"model": model})
 

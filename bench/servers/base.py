@@ -1,7 +1,8 @@
 """What a server in the comparison is: how to start it, what to send it, how to read the answer.
 
 A ``Server`` only describes; ``bench.compare`` starts it (``bench.procs``), waits until a real
-request answers correctly, loads it with ``bench.loadgen`` and stops it.
+request answers correctly, loads it with ``bench.loadgen`` (HTTP, ``Endpoint``) and
+``bench.grpc_load`` (gRPC, ``GrpcEndpoint``) and stops it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.models import DIGIT_ROW, INPUT_NAMES, OUTPUT_NAMES, OUTPUT_WIDTH, REPO_ROOT, SENTENCE
 
 # Every batching server gets the same batching: up to 32 requests, waiting at most 5 ms for a
@@ -23,6 +26,7 @@ BATCH_WAIT_S = 0.005
 VENVS = REPO_ROOT / "bench" / ".venvs"
 
 Extract = Callable[[Any], list[float]]
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,52 @@ class Endpoint:
         return json.dumps(self.body, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class GrpcEndpoint:
+    """An Open Inference Protocol gRPC ``ModelInfer`` call with raw tensors, as
+    ``tritonclient.grpc`` sends it: a row of the results (``label``) with its exact message."""
+
+    label: str
+    protocol: str
+    model: str
+    inputs: dict[str, np.ndarray]  # input name -> the one-instance tensor
+    output: str  # the output whose first row is compared with the reference
+    method: str = GRPC_INFER
+
+    def body(self) -> bytes:
+        """The serialized ``ModelInferRequest`` (built by ``bench.grpc_load``)."""
+        from bench.grpc_load import infer_request
+
+        return infer_request(self.model, self.inputs)
+
+    def extract(self, raw: bytes) -> list[float]:
+        """The output's first row from a serialized ``ModelInferResponse`` (tritonclient's
+        classes decode both typed and raw contents)."""
+        import tritonclient.grpc as triton
+
+        response = triton.service_pb2.ModelInferResponse.FromString(raw)
+        array = triton.InferResult(response).as_numpy(self.output)
+        if array is None:
+            raise KeyError(f"no output {self.output!r} in {[o.name for o in response.outputs]}")
+        return [float(x) for x in np.asarray(array).reshape(-1)[: OUTPUT_WIDTH[self.model]]]
+
+    def describe(self) -> dict[str, Any]:
+        """The message as recorded in the results: model and each input's name, type, shape."""
+        from tritonclient.utils import np_to_triton_dtype
+
+        inputs = [
+            {"name": name, "datatype": np_to_triton_dtype(array.dtype), "shape": list(array.shape)}
+            for name, array in self.inputs.items()
+        ]
+        return {"model_name": self.model, "inputs": inputs, "contents": "raw_input_contents"}
+
+
 class Server:
     """A server under test. Subclasses fill in the class attributes and ``argv``."""
 
     name = ""
     port = 0
+    grpc_port: int | None = None  # where it serves the Open Inference Protocol over gRPC
     venv: Path | None = None  # its own virtual environment (None: the project's .venv)
     packages: tuple[str, ...] = ()  # whose versions go into the results
     configured_as = ""  # one line for the report: processes, threads, batching
@@ -86,6 +131,14 @@ class Server:
     def endpoints(self, model: str) -> list[Endpoint]:
         """The requests measured, the first one also used for the readiness check."""
         raise NotImplementedError
+
+    def grpc_endpoints(self, model: str) -> list[GrpcEndpoint]:
+        """The gRPC calls measured (none unless the server says)."""
+        return []
+
+    def grpc_target(self) -> str:
+        """The loopback ``host:port`` of its gRPC server."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def settings(self, model: str) -> dict[str, Any]:
         """The configuration recorded in the results."""
@@ -145,6 +198,16 @@ def v2_extract(model: str) -> Extract:
         raise KeyError(f"no output {OUTPUT_NAMES[model]!r} in {list(answer)}")
 
     return extract
+
+
+def v2_grpc_endpoint(label: str, model: str, text_shape: tuple[int, ...] = (1,)) -> GrpcEndpoint:
+    """One instance as a V2 gRPC call: ``pixels`` FP32 ``[1, 64]``, or the sentence as BYTES
+    of ``text_shape`` (Triton's batched ``(1,)`` input takes ``[1, 1]``)."""
+    if model == "digits":
+        tensor = np.asarray([DIGIT_ROW], dtype=np.float32)
+    else:
+        tensor = np.asarray([SENTENCE.encode()], dtype=object).reshape(text_shape)
+    return GrpcEndpoint(label, "v2-grpc", model, {INPUT_NAMES[model]: tensor}, OUTPUT_NAMES[model])
 
 
 def instance(model: str) -> Any:

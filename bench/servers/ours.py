@@ -1,10 +1,10 @@
-"""This service: ``serve run bench/configs/serve_<model>.yaml`` (Ray Serve, one model).
+"""This service as a user gets it: ``make run``'s ``serve run serve_config.yaml``.
 
-The bench configs copy ``serve_config.yaml``'s shape with one model each, on port 8010 (so
-``make run`` and the e2e tests keep 8000), the same batching as every peer (32 rows, 5 ms),
-and ``OMP_NUM_THREADS=2`` in the application's ``runtime_env``: Ray sets
-``OMP_NUM_THREADS`` to a replica's ``num_cpus`` (at least 1), which would leave torch one
-thread where every other server's framework takes both cores.
+The whole default fleet (the ingress application and one application per model, every
+model of ``serve_config.yaml`` loaded) from the repository root, with the fast-path
+environment (``serve_app.fast_path.FAST_PATH_ENV``) exactly as ``make run`` sets it, on the
+ports the file names (HTTP 8000, gRPC 9000). Nothing is tuned for the benchmark: whatever
+makes it fast must be in the shipped ``serve_config.yaml``.
 
 The local Ray node gets its own temp dir (``RAY_TMPDIR``) and no ``RAY_ADDRESS``, so it
 never joins another Ray (a test run's) on this machine, and stopping it touches only the
@@ -21,57 +21,87 @@ import yaml
 from bench.models import REPO_ROOT, SENTENCE
 from bench.servers.base import (
     Endpoint,
+    GrpcEndpoint,
     Server,
     instance,
     key_extract,
     v2_body,
     v2_extract,
+    v2_grpc_endpoint,
 )
 from serve_app.fast_path import FAST_PATH_ENV
 
-CONFIGS = REPO_ROOT / "bench" / "configs"
+CONFIG = "serve_config.yaml"  # relative to the repository root, as `make run` names it
 RAY_TMPDIR = "/tmp/ray-bench"
+# With HAProxy on the ports above, Serve also starts its fallback proxies on these
+# (RAY_SERVE_FALLBACK_PROXY_HTTP_PORT / _GRPC_PORT): they must be free too.
+FALLBACK_PORTS = (8500, 9500)
+
+
+def load_config(path: Path | None = None) -> dict[str, Any]:
+    """``serve_config.yaml`` as parsed."""
+    return yaml.safe_load((path or REPO_ROOT / CONFIG).read_text())
+
+
+def fleet_summary(config: dict[str, Any]) -> str:
+    """One line for the report: the applications and each model replica's resources."""
+    models = []
+    for app in config["applications"]:
+        args = app.get("args") or {}
+        if "name" not in args:
+            continue
+        cpus = (args.get("resources") or {}).get("num_cpus", "default")
+        threads = ((app.get("runtime_env") or {}).get("env_vars") or {}).get("OMP_NUM_THREADS")
+        models.append(
+            f"{args['name']} (num_cpus {cpus}"
+            + (f", OMP_NUM_THREADS {threads})" if threads else ")")
+        )
+    return f"{len(config['applications'])} applications: the ingress + one per model, " + ", ".join(
+        models
+    )
 
 
 class ServeApp(Server):
-    """This project's service under ``serve run``."""
+    """This project's service under ``serve run serve_config.yaml``, as ``make run`` starts it."""
 
     name = "serve-app"
-    port = 8010
     packages = ("serve-app", "ray", "tensorflow-cpu", "keras", "torch", "transformers", "numpy")
-    configured_as = (
-        "serve run bench/configs/serve_<model>.yaml with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 and"
-        " RAY_SERVE_ENABLE_HA_PROXY=1 (HAProxy -> ingress replicas, direct ingress): ingress"
-        " (num_cpus 0.1; 2 replicas for digits, 1 for minilm) + 1 model replica (num_cpus 1,"
-        " OMP_NUM_THREADS=2), Ray's local node started by serve run"
-    )
-    batching = (
-        "the service's dynamic batcher (deployments/batcher.py): up to 32 rows (64 for minilm),"
-        " formed when the model is free, batch_wait_timeout_s 0"
-    )
     ready_timeout_s = 420.0
     stop_grace_s = 45.0
 
-    def config(self, model: str) -> Path:
-        """The bench config for ``model``."""
-        return CONFIGS / f"serve_{model}.yaml"
+    def __init__(self) -> None:
+        config = load_config()
+        self.port = int(config["http_options"]["port"])
+        self.grpc_port = int(config["grpc_options"]["port"])
+        self.configured_as = (
+            f"`serve run {CONFIG}` from the repository root, as `make run` (the default fleet;"
+            f" {fleet_summary(config)}) with the fast-path environment"
+            f" ({', '.join(f'{k}={v}' for k, v in FAST_PATH_ENV.items())}: HAProxy -> ingress"
+            f" replicas, direct ingress); HTTP {self.port}, gRPC {self.grpc_port}; Ray's local"
+            " node started by serve run"
+        )
 
     def unavailable(self) -> str | None:
-        """Missing .venv/bin/serve or config."""
+        """Missing .venv/bin/serve."""
         serve = REPO_ROOT / ".venv" / "bin" / "serve"
         if not serve.exists():
             return f"{serve} is missing: run `make install`"
         return None
 
     def argv(self, model: str, workdir: Path) -> list[str]:
-        """``serve run`` of the model's bench config."""
-        return [str(REPO_ROOT / ".venv" / "bin" / "serve"), "run", str(self.config(model))]
+        """``serve run serve_config.yaml``, run from the repository root (its model URIs
+        are relative to it)."""
+        return [str(REPO_ROOT / ".venv" / "bin" / "serve"), "run", CONFIG]
 
     def env(self, model: str) -> dict[str, str]:
-        """Our own Ray temp dir, no usage stats."""
+        """``make run``'s fast-path environment; our own Ray temp dir, no usage stats."""
         env = super().env(model)
         env.update(RAY_TMPDIR=RAY_TMPDIR, RAY_USAGE_STATS_ENABLED="0", **FAST_PATH_ENV)
         return env
+
+    def ports(self) -> list[int]:
+        """HTTP and gRPC from the config, and Serve's fallback proxies."""
+        return [self.port, int(self.grpc_port or 0), *FALLBACK_PORTS]
 
     def endpoints(self, model: str) -> list[Endpoint]:
         """V2 JSON first (as the V2 peers), then the model's natural protocol."""
@@ -96,12 +126,20 @@ class ServeApp(Server):
             )
         return [v2, native]
 
+    def grpc_endpoints(self, model: str) -> list[GrpcEndpoint]:
+        """V2 gRPC ``ModelInfer``, the text input of shape ``[1]`` (as over REST)."""
+        return [v2_grpc_endpoint(f"{self.name} (grpc)", model)]
+
     def settings(self, model: str) -> dict[str, Any]:
-        """The config file as run."""
-        path = self.config(model)
+        """The config file as run, and the model's batching from it."""
+        config = load_config()
+        app = next((a for a in config["applications"] if a.get("name") == model), {})
+        batching = (app.get("args") or {}).get("batching", {})
         return {
-            **super().settings(model),
-            "config_file": str(path.relative_to(REPO_ROOT)),
-            "config": yaml.safe_load(path.read_text()),
+            "configured_as": self.configured_as,
+            "batching": f"the service's dynamic batcher (deployments/batcher.py): {batching}",
+            "config_file": CONFIG,
+            "config": config,
+            "fast_path_env": FAST_PATH_ENV,
             "ray_tmpdir": RAY_TMPDIR,
         }

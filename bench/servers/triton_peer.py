@@ -14,9 +14,11 @@ from bench.servers.base import (
     MAX_BATCH_SIZE,
     VENVS,
     Endpoint,
+    GrpcEndpoint,
     Server,
     v2_body,
     v2_extract,
+    v2_grpc_endpoint,
 )
 
 
@@ -25,6 +27,7 @@ class Triton(Server):
 
     name = "triton"
     port = 8105
+    grpc_port = port + 10  # pytriton_app: gRPC on BENCH_PORT + 10, metrics on + 20
     venv = VENVS / "pytriton"
     packages = ("nvidia-pytriton", "tritonclient", "numpy", "tensorflow-cpu", "torch")
     configured_as = (
@@ -51,13 +54,17 @@ class Triton(Server):
 
     def ports(self) -> list[int]:
         """HTTP, gRPC and metrics."""
-        return [self.port, self.port + 10, self.port + 20]
+        return [self.port, int(self.grpc_port), self.port + 20]
 
     def endpoints(self, model: str) -> list[Endpoint]:
         """V2 JSON; a batched BYTES input of shape (1,) per row is ``[1, 1]`` per request."""
         path = f"/v2/models/{model}/infer"
         body = v2_body(model, text_shape=(1, 1))
         return [Endpoint(self.name, "v2", path, body, v2_extract(model))]
+
+    def grpc_endpoints(self, model: str) -> list[GrpcEndpoint]:
+        """V2 gRPC ``ModelInfer`` with raw tensors, as ``tritonclient.grpc`` sends it."""
+        return [v2_grpc_endpoint(f"{self.name} (grpc)", model, text_shape=(1, 1))]
 
     def settings(self, model: str) -> dict[str, Any]:
         """The bound model's config."""

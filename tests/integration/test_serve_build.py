@@ -39,6 +39,6 @@ def test_serve_build_generates_a_deployable_config(tmp_path: Path) -> None:
     deployments = {d["name"]: d for d in application["deployments"]}
     assert set(deployments) == {"digits", "minilm", "tiny-gpt2", "Ingress"}
     hot = deployments["digits"]["user_config"]
-    assert hot["batching"] == {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+    assert hot["batching"] == {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
     assert hot["version_policy"]["latest"] == 1 and hot["labels"] == {}
     assert deployments["minilm"]["ray_actor_options"]["num_cpus"] == 0.5

@@ -2,7 +2,10 @@
 through the API server and reports their status through the ``status`` subresource.
 
 For each new spec generation it first reports the applications as deploying, then, on its next
-pass, the outcome it was told to play (``RUNNING`` or ``DEPLOY_FAILED``).
+pass, the outcome it was told to play (``RUNNING``, or ``DEPLOY_FAILED`` for the application that
+serves the model ``digits``, the others running). Applications and their deployments are those
+of the ``serveConfigV2``, as Serve names them: one status per application, with the ingress
+deployment ``Ingress`` and one deployment per model, named after it.
 """
 
 from __future__ import annotations
@@ -46,26 +49,42 @@ class FakeOperator(threading.Thread):
     def _next_status(self, rayservice: dict[str, Any]) -> dict[str, Any] | None:
         generation = rayservice["metadata"]["generation"]
         status = rayservice.get("status") or {}
-        deployments = _deployments(rayservice)
+        apps = _applications(rayservice)
         if status.get("observedGeneration") != generation:
-            return _status(generation, "DEPLOYING", deployments, "UPDATING", ready=False)
-        apps = status["activeServiceStatus"]["applicationStatuses"]
-        if apps["models"]["status"] == "DEPLOYING":
-            if self.outcome == "RUNNING":
-                return _status(generation, "RUNNING", deployments, "HEALTHY", ready=True)
-            return _status(generation, self.outcome, deployments, "UNHEALTHY", ready=False)
+            return _status(generation, {name: "DEPLOYING" for name in apps}, apps, ready=False)
+        reported = status["activeServiceStatus"]["applicationStatuses"]
+        if any(app["status"] == "DEPLOYING" for app in reported.values()):
+            failing = self.outcome != "RUNNING"
+            outcome = {
+                name: self.outcome if failing and "digits" in deployments else "RUNNING"
+                for name, deployments in apps.items()
+            }
+            return _status(generation, outcome, apps, ready=not failing)
         return None
 
 
-def _deployments(rayservice: dict[str, Any]) -> list[str]:
-    """The Serve deployments the fleet in ``serveConfigV2`` has: one per model, plus the ingress."""
-    serve_config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    (app,) = serve_config["applications"]
-    return [m["name"] for m in app["args"]["models"]] + ["Ingress"]
+def _applications(rayservice: dict[str, Any]) -> dict[str, list[str]]:
+    """The Serve applications of ``serveConfigV2`` and their deployments: the ingress
+    (``Ingress``), and one per model or pool, named after it."""
+    found = {}
+    for app in yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]:
+        args = app.get("args") or {}
+        if app["import_path"] == "serve_app.app:build_app":
+            entries = [*(args.get("models") or []), *(args.get("pools") or [])]
+            found[app["name"]] = [e["name"] for e in entries] + ["Ingress"]
+        elif app["import_path"] == "serve_app.app:build_ingress":
+            found[app["name"]] = ["Ingress"]
+        else:
+            found[app["name"]] = [args["name"]]
+    return found
 
 
-def _status(generation, app_status, deployments, deployment_status, ready) -> dict[str, Any]:
-    message = "" if app_status != "DEPLOY_FAILED" else "model 'digits' failed to load: no such file"
+_DEPLOYMENT_STATUS = {"DEPLOYING": "UPDATING", "RUNNING": "HEALTHY", "DEPLOY_FAILED": "UNHEALTHY"}
+
+
+def _status(
+    generation: int, outcome: dict[str, str], apps: dict[str, list[str]], ready: bool
+) -> dict[str, Any]:
     return {
         "observedGeneration": generation,
         "serviceStatus": "Running" if ready else "",
@@ -89,13 +108,19 @@ def _status(generation, app_status, deployments, deployment_status, ready) -> di
         "activeServiceStatus": {
             "rayClusterName": "serve-app-raycluster-abcde",
             "applicationStatuses": {
-                "models": {
-                    "status": app_status,
-                    "message": message,
+                name: {
+                    "status": outcome[name],
+                    "message": (
+                        "model 'digits' failed to load: no such file"
+                        if outcome[name] == "DEPLOY_FAILED"
+                        else ""
+                    ),
                     "serveDeploymentStatuses": {
-                        name: {"status": deployment_status} for name in deployments
+                        deployment: {"status": _DEPLOYMENT_STATUS[outcome[name]]}
+                        for deployment in deployments
                     },
                 }
+                for name, deployments in apps.items()
             },
         },
     }

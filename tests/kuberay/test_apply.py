@@ -25,6 +25,7 @@ from tests.kuberay.conftest import ROOT, Cluster, the_rayservice, write_kubeconf
 from tests.kuberay.fake_operator import FakeOperator
 
 NAMESPACE = "serve-app"
+MODELS = ["digits", "minilm", "tiny-gpt2"]  # the default fleet of serve_config.yaml
 
 
 @pytest.fixture
@@ -83,7 +84,8 @@ def test_apply_removes_what_it_no_longer_applies_and_keeps_what_others_own(clust
 
     rayservice = the_rayservice(dev)
     serve_config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    serve_config["applications"][0]["args"]["models"][0]["batching"]["max_batch_size"] = 64
+    (digits,) = [a for a in serve_config["applications"] if a["name"] == "digits"]
+    digits["args"]["batching"]["max_batch_size"] = 64
     rayservice["spec"]["serveConfigV2"] = yaml.safe_dump(serve_config)
     del rayservice["spec"]["rayClusterConfig"]["autoscalerOptions"]["idleTimeoutSeconds"]
     (account,) = [o for o in dev if o["kind"] == "ServiceAccount"]
@@ -206,9 +208,9 @@ def test_apply_waits_until_ready_and_prints_the_serve_application_status(cluster
     assert ready["status"]["observedGeneration"] == 1
     text = describe(ready)
     assert text.splitlines()[0].startswith("RayService serve-app/serve-app: ready")
-    assert "application models: RUNNING" in text
-    for deployment in ("digits", "minilm", "tiny-gpt2", "Ingress"):
-        assert f"      {deployment}: HEALTHY" in text
+    # One Serve application per model beside the ingress's, each with its deployment.
+    for app, deployment in [("ingress", "Ingress"), *((m, m) for m in MODELS)]:
+        assert f"    application {app}: RUNNING\n      {deployment}: HEALTHY\n" in text + "\n"
     assert progress
     assert all(re.match(r"\[\s*\d+s\] waiting for: ", line) for line in progress)
 
@@ -250,7 +252,10 @@ def test_a_failed_deployment_is_reported_with_its_message(cluster, dev) -> None:
     operator = FakeOperator(cluster.kubeconfig, NAMESPACE, outcome="DEPLOY_FAILED")
     operator.start()
     try:
-        with pytest.raises(ClusterError, match="DEPLOY_FAILED: model 'digits' failed to load"):
+        with pytest.raises(
+            ClusterError,
+            match="application 'digits' is DEPLOY_FAILED: model 'digits' failed to load",
+        ):
             kube.wait_until_ready(api, "serve-app", NAMESPACE, timeout_s=20, poll_s=0.02)
     finally:
         operator.stop()
@@ -320,7 +325,8 @@ def test_cli_apply_overlay_then_status(cluster, capsys, monkeypatch) -> None:
     assert code == 0, out
     assert "rayservice/serve-app created" in out
     assert "networkpolicy/serve-app-ray created" in out
-    assert "application models: RUNNING" in out
+    assert "application ingress: RUNNING" in out
+    assert "application digits: RUNNING" in out
 
     code = cli.main(["kuberay", "status", "--kubeconfig", str(cluster.kubeconfig)])
     out = capsys.readouterr().out
@@ -332,9 +338,14 @@ def test_cli_apply_overlay_then_status(cluster, capsys, monkeypatch) -> None:
     status = json.loads(capsys.readouterr().out)
     assert code == 0
     assert (status["ready"], status["phase"], status["name"]) == (True, "ready", "serve-app")
-    models = status["clusters"]["active"]["applications"]["models"]
-    assert models["status"] == "RUNNING"
-    assert set(models["deployments"]) == {"Ingress", "digits", "minilm", "tiny-gpt2"}
+    apps = status["clusters"]["active"]["applications"]
+    assert {name: app["status"] for name, app in apps.items()} == dict.fromkeys(
+        ["ingress", *MODELS], "RUNNING"
+    )
+    assert {name: list(app["deployments"]) for name, app in apps.items()} == {
+        "ingress": ["Ingress"],
+        **{m: [m] for m in MODELS},
+    }
 
 
 def test_cli_status_exits_non_zero_unless_ready(cluster, dev, capsys) -> None:

@@ -18,8 +18,10 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import parse_app_config
+from serve_app.fleet_file import check_fleet
 from serve_app.kuberay.render import render_all, stale_files, write_rendered
 from tests.kuberay.conftest import KUBERAY_DIR, OVERLAYS, ROOT, the_rayservice
+from tests.kuberay.fleet import applications, fleet_of, serve_config_of
 from tests.kuberay.schemas import (
     containers,
     core_errors,
@@ -32,14 +34,11 @@ from tests.kuberay.schemas import (
 
 SERVE_CONFIG = ROOT / "serve_config.yaml"
 PLACEMENT_KEYS = {"uri", "resources", "num_replicas", "autoscaling"}
+MODELS = ["digits", "minilm", "tiny-gpt2"]
 ALL = ["base", *OVERLAYS]
 CORE_KINDS = {"Namespace", "ServiceAccount", "NetworkPolicy", "PodDisruptionBudget"}
 # Overlays that only patch the manifests of another one, and so render no serveConfigV2.
 NO_OVERRIDES = {"prod-ha", "prod-incremental", "prod-public"}
-
-
-def serve_config_of(rayservice: dict[str, Any]) -> dict[str, Any]:
-    return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
 
 
 def test_the_overlays_are_the_documented_ones() -> None:
@@ -77,28 +76,48 @@ def test_objects_and_pod_templates_are_valid_for_kubernetes(built, name: str) ->
 def test_serve_config_v2_is_valid_for_serve_and_for_us(built, name: str) -> None:
     serve_config = serve_config_of(the_rayservice(built[name]))
     ServeDeploySchema.model_validate(serve_config)
-    (application,) = serve_config["applications"]
-    config = parse_app_config(application["args"])
-    assert [m.name for m in config.models] == ["digits", "minilm", "tiny-gpt2"]
+    fleet = check_fleet(serve_config)
+    assert fleet.problems == []
+    assert (fleet.ingresses, fleet.models, fleet.pools) == (["ingress"], MODELS, [])
+    assert [m.name for m in fleet_of(serve_config).models] == MODELS
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_one_ingress_application_and_one_unexposed_application_per_model(built, name) -> None:
+    apps = applications(serve_config_of(the_rayservice(built[name])))
+    ingresses = [a for a in apps.values() if a["import_path"] == "serve_app.app:build_ingress"]
+    assert [(a["name"], a["route_prefix"]) for a in ingresses] == [("ingress", "/")]
+    models = {n: a for n, a in apps.items() if a["import_path"] == "serve_app.app:build_model"}
+    assert sorted(models) == MODELS
+    for app_name, app in models.items():
+        # Null, not absent: an absent route_prefix means "/" to Serve, which the ingress holds.
+        assert "route_prefix" in app and app["route_prefix"] is None, app_name
+        assert app["args"]["name"] == app_name
+    assert set(apps) == {"ingress", *MODELS}
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_serve_config_v2_is_serve_config_yaml_but_for_placement(built, name: str) -> None:
     local = yaml.safe_load(SERVE_CONFIG.read_text())
     deployed = serve_config_of(the_rayservice(built[name]))
+    local_apps, deployed_apps = applications(local), applications(deployed)
+    assert list(deployed_apps) == list(local_apps)  # the same applications, in the same order
     if name == "base":  # the base adds placement labels and the ingress's token variable only
-        for local_model, model in zip(local["applications"][0]["args"]["models"],
-                                      deployed["applications"][0]["args"]["models"]):  # fmt: skip
-            selector = model["resources"].pop("label_selector")
-            assert selector == {"ray.io/node-group": "cpu"}
-            assert model == local_model
-    local_app, deployed_app = local["applications"][0], deployed["applications"][0]
-    for app in (local_app, deployed_app):
-        app["args"].pop("ingress", None)
-        for model in app["args"]["models"]:
+        assert deployed_apps["ingress"]["args"] == {
+            **local_apps["ingress"]["args"],
+            "auth_tokens_env": "SERVE_APP_AUTH_TOKENS",
+            "label_selector": {"ray.io/node-group": "cpu"},
+        }
+        for model in MODELS:
+            resources = deployed_apps[model]["args"]["resources"]
+            assert resources.pop("label_selector") == {"ray.io/node-group": "cpu"}
+            assert deployed_apps[model] == local_apps[model]
+    for apps in (local_apps, deployed_apps):
+        apps["ingress"].pop("args", None)  # the ingress's settings are the overlays' to change
+        for model in MODELS:
             for key in PLACEMENT_KEYS:
-                model.pop(key, None)
-    assert deployed_app == local_app
+                apps[model]["args"].pop(key, None)
+    assert deployed_apps == local_apps
     assert {k: v for k, v in deployed.items() if k != "applications"} == {
         k: v for k, v in local.items() if k != "applications"
     }
@@ -113,7 +132,7 @@ def test_the_committed_serve_config_patches_match_a_fresh_render() -> None:
 def test_an_edit_of_serve_config_yaml_makes_the_patches_stale(tmp_path: Path) -> None:
     tree = shutil.copytree(KUBERAY_DIR, tmp_path / "kuberay")
     edited = yaml.safe_load(SERVE_CONFIG.read_text())
-    edited["applications"][0]["args"]["models"][0]["batching"]["max_batch_size"] = 64
+    applications(edited)["digits"]["args"]["batching"]["max_batch_size"] = 64
     config = tmp_path / "serve_config.yaml"
     config.write_text(yaml.safe_dump(edited, sort_keys=False))
 
@@ -122,9 +141,9 @@ def test_an_edit_of_serve_config_yaml_makes_the_patches_stale(tmp_path: Path) ->
     assert sorted(write_rendered(rendered)) == sorted(r.path for r in rendered)
     assert stale_files(render_all(config, tree)) == []
     patch = yaml.safe_load((tree / "overlays" / "prod" / "serve-config.patch.yaml").read_text())
-    models = yaml.safe_load(patch["spec"]["serveConfigV2"])["applications"][0]["args"]["models"]
-    assert models[0]["batching"]["max_batch_size"] == 64
-    assert models[0]["uri"].startswith("gs://")
+    digits = applications(yaml.safe_load(patch["spec"]["serveConfigV2"]))["digits"]["args"]
+    assert digits["batching"]["max_batch_size"] == 64
+    assert digits["uri"] == "gs://BUCKET/models/digits"
 
 
 def test_render_check_on_the_command_line_passes_for_the_committed_tree() -> None:
@@ -207,9 +226,9 @@ def _groups(built, name: str) -> dict[str, dict[str, Any]]:
 def test_dev_is_cpu_only(built) -> None:
     assert list(_groups(built, "dev")) == ["cpu"]
     assert "nvidia.com/gpu" not in yaml.safe_dump(built["dev"])
-    models = serve_config_of(the_rayservice(built["dev"]))["applications"][0]["args"]["models"]
-    assert all(m.get("resources", {}).get("num_gpus", 0) == 0 for m in models)
-    assert all(m["uri"].startswith("gs://") and m["uri"].endswith(f"/{m['name']}") for m in models)
+    models = fleet_of(serve_config_of(the_rayservice(built["dev"]))).models
+    assert [m.resources.num_gpus for m in models] == [0, 0, 0]
+    assert [m.uri for m in models] == [f"gs://BUCKET/models/{m}" for m in MODELS]
 
 
 @pytest.mark.parametrize("name", [o for o in OVERLAYS if o.startswith("prod")])
@@ -226,15 +245,14 @@ def test_prod_has_an_autoscaled_l4_gpu_group(built, name: str) -> None:
     (container,) = spec["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "nvidia.com/gpu" not in yaml.safe_dump(groups["cpu"])
-    models = serve_config_of(the_rayservice(built[name]))["applications"][0]["args"]["models"]
-    on_gpu = {m["name"] for m in models if m.get("resources", {}).get("num_gpus", 0) > 0}
-    assert on_gpu == {"minilm", "tiny-gpt2"}
+    models = fleet_of(serve_config_of(the_rayservice(built[name]))).models
+    assert {m.name for m in models if m.resources.num_gpus > 0} == {"minilm", "tiny-gpt2"}
 
 
 def test_prod_gcsfuse_mounts_the_bucket_where_the_models_are(built) -> None:
     rayservice = the_rayservice(built["prod-gcsfuse"])
-    models = serve_config_of(rayservice)["applications"][0]["args"]["models"]
-    assert {m["uri"] for m in models} == {f"/mnt/models/{m['name']}" for m in models}
+    models = fleet_of(serve_config_of(rayservice)).models
+    assert [m.uri for m in models] == [f"/mnt/models/{m}" for m in MODELS]
     for group in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
         template = group["template"]
         assert template["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"

@@ -100,8 +100,8 @@ def queries(dashboard: dict[str, Any]) -> list[str]:
 
 def query_errors(expr: str, series: dict[str, set[str]], target_labels: set[str]) -> list[str]:
     """Metrics in ``expr`` that are not exported, and labels they do not carry. Metric names
-    are the ``ray_*`` words; labels are those of ``{...}`` matchers, ``by``/``without``
-    clauses and ``label_values(..., label)``."""
+    are the ``ray_*`` words; labels are those of ``{...}`` matchers, ``by``/``without`` and
+    ``on``/``ignoring`` clauses and ``label_values(..., label)``."""
     errors = []
     metrics = re.findall(r"\bray_\w+", expr)
     if not metrics:
@@ -114,7 +114,7 @@ def query_errors(expr: str, series: dict[str, set[str]], target_labels: set[str]
         for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers):
             if label not in known(metric):
                 errors.append(f"{metric} has no label {label}")
-    grouped = re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+    grouped = re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr)
     grouped += re.findall(r"label_values\([^,]*,\s*(\w+)\)", expr)
     for labels in grouped:
         for label in filter(None, (s.strip() for s in labels.split(","))):
@@ -171,6 +171,11 @@ def test_the_query_check_can_fail(built) -> None:
         "ray_serve_app_versions_loaded has no label pool (grouped by)",
     ]
     assert query_errors("up", series, labels) == ["no metric in 'up'"]
+    share = "sum by (model, version) (rate(ray_serve_app_version_requests_total[5m]))"
+    assert (
+        query_errors(f"{share} / ignoring (versio) group_left {share}", series, labels)
+        == ["ray_serve_app_version_requests_total has no label versio (grouped by)"] * 2
+    )  # once per occurrence of the metric in the expression
 
 
 def test_the_dashboard_is_importable(dashboard) -> None:

@@ -10,25 +10,24 @@ from typing import Any
 import pytest
 import yaml
 
-from serve_app.config import parse_app_config
 from tests.kuberay.cluster_model import Group, groups, ray_selector_matches
 from tests.kuberay.conftest import OVERLAYS, ROOT, the_rayservice
+from tests.kuberay.fleet import applications, fleet_of, serve_config_of
 
 ALL = ["base", *OVERLAYS]
 
 
 def replicas(rayservice: dict[str, Any]) -> list[tuple[str, dict | None, float, float]]:
     """``(what, label_selector, num_cpus, num_gpus)`` for each model, pool and the ingress."""
-    (app,) = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
-    config = parse_app_config(app["args"])  # defaults filled in, as the replicas get them
+    fleet = fleet_of(serve_config_of(rayservice))  # defaults filled in, as replicas get them
     found = [
         (f"{kind} {spec.name}", spec.resources.label_selector, spec.resources.num_cpus,
          spec.resources.num_gpus)
-        for kind, specs in (("model", config.models), ("pool", config.pools))
+        for kind, specs in (("model", fleet.models), ("pool", fleet.pools))
         for spec in specs
     ]  # fmt: skip
-    ingress = config.ingress
-    return [*found, ("the ingress", ingress.label_selector, ingress.num_cpus, 0.0)]
+    ingresses = [("the ingress", i.label_selector, i.num_cpus, 0.0) for i in fleet.ingresses]
+    return [*found, *ingresses]
 
 
 def placement_errors(rayservice: dict[str, Any]) -> list[str]:
@@ -57,11 +56,16 @@ def test_every_replica_has_a_group_of_its_own_kind(built, name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_model_of_serve_config_yaml_is_placed(built, name: str) -> None:
-    (local,) = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"]
-    placed = {what for what, *_ in replicas(the_rayservice(built[name]))}
-    expected = {f"model {m['name']}" for m in local["args"].get("models") or []}
-    expected |= {f"pool {p['name']}" for p in local["args"].get("pools") or []}
-    assert placed == expected | {"the ingress"}
+    local = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    placed = [what for what, *_ in replicas(the_rayservice(built[name]))]
+    kinds = {"serve_app.app:build_model": "model", "serve_app.app:build_pool": "pool"}
+    expected = [
+        f"{kinds[app['import_path']]} {app['args']['name']}"
+        for app in local["applications"]
+        if app["import_path"] in kinds
+    ]
+    assert expected  # the default fleet has models, each placed below
+    assert placed == [*expected, "the ingress"]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -80,14 +84,16 @@ def test_autoscaler_v2_knows_each_groups_labels(built, name: str) -> None:
 
 def test_the_check_catches_misplaced_replicas(built) -> None:
     rayservice = the_rayservice(built["prod"])
-    serve_config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    models = serve_config["applications"][0]["args"]["models"]
+    serve_config = serve_config_of(rayservice)
+    apps = applications(serve_config)
     # A CPU model without a selector could land on the GPU group; a GPU model that asks for
     # the CPU group fits nowhere and asks for the wrong kind; one that asks for groups that do
     # not exist fits nowhere.
-    models[0]["resources"].pop("label_selector")
-    models[1]["resources"]["label_selector"] = {"ray.io/node-group": "cpu"}
-    models[2]["resources"]["label_selector"] = {"ray.io/node-group": "in(gpu-a100, gpu-h100)"}
+    apps["digits"]["args"]["resources"].pop("label_selector")
+    apps["minilm"]["args"]["resources"]["label_selector"] = {"ray.io/node-group": "cpu"}
+    apps["tiny-gpt2"]["args"]["resources"]["label_selector"] = {
+        "ray.io/node-group": "in(gpu-a100, gpu-h100)"
+    }
     rayservice["spec"]["serveConfigV2"] = yaml.safe_dump(serve_config)
     errors = placement_errors(rayservice)
     assert [e.split(" (")[0] for e in errors] == [

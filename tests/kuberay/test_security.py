@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ray.serve._private import constants as serve_constants
 
-from serve_app.config import IngressSpec, parse_app_config
+from serve_app.config import IngressSpec
 from tests.kuberay.cluster_model import (
     Group,
     groups,
@@ -19,15 +19,11 @@ from tests.kuberay.cluster_model import (
     ray_selector_matches,
 )
 from tests.kuberay.conftest import OVERLAYS, the_rayservice
+from tests.kuberay.fleet import the_ingress
 
 ALL = ["base", *OVERLAYS]
 NAMESPACE = "serve-app"
 INTERNAL, EXTERNAL = "gke-l7-rilb", "gke-l7-global-external-managed"
-
-
-def serve_args(rayservice: dict[str, Any]) -> dict[str, Any]:
-    (app,) = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
-    return app["args"]
 
 
 def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -46,7 +42,7 @@ def test_ray_asks_for_a_token(built, name: str) -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_model_routes_ask_for_bearer_tokens_from_a_secret(built, name: str) -> None:
     rayservice = the_rayservice(built[name])
-    ingress = parse_app_config(serve_args(rayservice)).ingress
+    ingress = the_ingress(rayservice)
     assert ingress.auth_tokens == []  # no token is ever written in the manifests
     variable = ingress.auth_tokens_env
     assert variable
@@ -241,7 +237,7 @@ def test_the_gateway_is_internal_unless_the_public_overlay_is_chosen(built, name
     backend = one(objects, "GCPBackendPolicy")["spec"]
     assert backend["targetRef"] == check["targetRef"]
     # The load balancer waits as long as the ingress lets a request run.
-    ingress = parse_app_config(serve_args(rayservice)).ingress
+    ingress = the_ingress(rayservice)
     assert backend["default"]["timeoutSec"] >= ingress.max_request_timeout_s
 
 

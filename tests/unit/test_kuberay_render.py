@@ -1,4 +1,6 @@
-"""Rendering serveConfigV2 from a Serve config plus per-environment overrides."""
+"""Rendering serveConfigV2 from a Serve config plus per-environment overrides, in the older
+layout (one ``serve_app.app:build_app`` application holding every model), which still renders.
+The layout of one application per model: ``test_kuberay_render_apps.py``."""
 
 from __future__ import annotations
 
@@ -111,8 +113,10 @@ def test_a_label_selector_of_its_own_wins_and_no_placement_changes_nothing() -> 
 
 def test_unknown_models_are_named() -> None:
     layer = Overrides.model_validate({"models": {"gpt2": {"uri": "x"}}})
-    with pytest.raises(RenderError, match=r"unknown models: gpt2 \(models in serve_config.yaml"):
+    with pytest.raises(RenderError, match=r"unknown models: gpt2 \(models and pools in the Serve"):
         apply_overrides(SERVE_CONFIG, [layer])
+    with pytest.raises(RenderError, match=r"^prod/serve-overrides.yaml names unknown models: gpt2"):
+        apply_overrides(SERVE_CONFIG, [layer], [Path("prod/serve-overrides.yaml")])
 
 
 def test_overrides_files_are_strict(tmp_path: Path) -> None:
@@ -160,9 +164,13 @@ def test_render_all_names_the_directory_and_the_bad_key(tmp_path: Path) -> None:
     })  # fmt: skip
     with pytest.raises(RenderError) as caught:
         render_all(config, tmp_path / "kuberay")
-    message = str(caught.value)
-    assert message.startswith("kuberay/overlays/gpu: invalid application args:")
-    assert "model 'b' (models[1]): resources.num_gpu: unknown key 'num_gpu'" in message
+    assert str(caught.value).splitlines()[:3] == [
+        "kuberay/overlays/gpu: serve_config.yaml with kuberay/base/serve-overrides.yaml,"
+        " kuberay/overlays/gpu/serve-overrides.yaml would not deploy:",
+        "  application 'models' (applications[0]): invalid application args:",
+        "    model 'b' (models[1]): resources.num_gpu: unknown key 'num_gpu' (allowed: num_cpus,"
+        " num_gpus, memory, accelerator_type, label_selector, allow_cpu_fallback)",
+    ]
 
 
 def test_render_all_needs_an_overrides_file(tmp_path: Path) -> None:
@@ -193,5 +201,9 @@ def test_render_all_rejects_what_ray_serve_would_reject(tmp_path: Path) -> None:
     config = tmp_path / "serve_config.yaml"
     config.write_text(yaml.safe_dump(dict(SERVE_CONFIG, proxy_location="Nowhere")))
     write_tree(tmp_path, {"kuberay/base/serve-overrides.yaml": "{}\n"})
-    with pytest.raises(RenderError, match="kuberay/base: not a valid Ray Serve config"):
+    with pytest.raises(
+        RenderError,
+        match=r"kuberay/base: serve_config\.yaml with kuberay/base/serve-overrides\.yaml is not a"
+        r" valid Ray Serve config",
+    ):
         render_all(config, tmp_path / "kuberay")

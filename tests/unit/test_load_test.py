@@ -117,3 +117,11 @@ def test_mixed_result_json_and_verdict():
     clean.bad("bad_header", "connection", "reset")
     assert not clean.passed(replicas, clean.to_json(0.1, replicas))  # no answer is not a 4xx
     assert not MixedResult().passed({**replicas, "restarted": ["digits"]}, report)
+
+
+def test_bad_fraction_is_a_share_below_one():
+    from bench.load_test import main
+
+    for bad in ("1", "1.5", "-0.1"):
+        with pytest.raises(SystemExit):
+            main(["--bad-fraction", bad, "--url", "http://127.0.0.1:9"])

@@ -1,0 +1,167 @@
+"""Issue 14's targets, computed from one comparison run (a model's results in, rows out).
+
+Pure: it reads what ``bench.compare`` wrote (``compare.json``), so ``bench.report`` can redraw
+the table from a saved run. Where this service has several endpoints (V2 JSON, its native
+protocol, V2 gRPC), a target is judged on its best one, and every endpoint's value is listed
+beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# The names bench.servers gives them (not imported: the report stays free of the servers).
+OURS = "serve-app"
+TRITON = "triton"
+PYTHON_PEERS = ("flask", "mlserver", "litserve", "kserve")
+AT_C = 64  # throughput and serving CPU are judged at this concurrency
+P50_OVER_INPROCESS_MS = {"digits": 3.0, "minilm": 5.0}
+SERVING_CPU_MS = 1.0
+IDLE_CORES = 0.05
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target: what, the value measured (None: not measured), the bound, and how."""
+
+    name: str
+    measured: float | None
+    bound: float | None  # None: reported, not judged
+    at_least: bool  # True: measured >= bound meets it; False: measured <= bound
+    unit: str
+    detail: str
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the target is met; None when not judged or not measured."""
+        if self.bound is None or self.measured is None:
+            return None
+        return self.measured >= self.bound if self.at_least else self.measured <= self.bound
+
+
+def points_at(model_result: dict[str, Any], servers: tuple[str, ...], c: int) -> list[tuple]:
+    """(endpoint label, point) of every OK point of ``servers`` at concurrency ``c``."""
+    return [
+        (label, point)
+        for server in model_result["servers"]
+        if server["server"] in servers
+        for label, entry in server.get("endpoints", {}).items()
+        for point in entry.get("points", [])
+        if point.get("ok") and point["concurrency"] == c
+    ]
+
+
+def best_rps(model_result: dict[str, Any], servers: tuple[str, ...], c: int) -> tuple[str, float]:
+    """The best throughput of ``servers`` at ``c`` and its endpoint; ("", 0.0) if none."""
+    found = points_at(model_result, servers, c)
+    if not found:
+        return "", 0.0
+    label, point = max(found, key=lambda item: item[1]["rps"])
+    return label, point["rps"]
+
+
+def _ours(
+    model_result: dict[str, Any],
+    c: int,
+    value: Callable[[dict[str, Any]], float | None],
+    higher_is_better: bool,
+    fmt: str,
+) -> tuple[float | None, str]:
+    """This service's best value over its endpoints, and every endpoint's, for the detail."""
+    values = [(label, value(p)) for label, p in points_at(model_result, (OURS,), c)]
+    values = [(label, v) for label, v in values if v is not None]
+    if not values:
+        return None, f"no OK point of {OURS} at c={c}"
+    values.sort(key=lambda item: item[1], reverse=higher_is_better)
+    return values[0][1], "; ".join(f"{label} {fmt.format(v)}" for label, v in values)
+
+
+def _ratio_to(
+    model_result: dict[str, Any], servers: tuple[str, ...], who: str, bound: float | None
+) -> Target:
+    """This service's c=64 throughput over the best of ``servers`` at c=64."""
+    label, best = best_rps(model_result, servers, AT_C)
+    name = f"c={AT_C} throughput / {who}"
+    if not best:
+        return Target(name, None, bound, True, "x", f"{who}: no OK point at c={AT_C}")
+    measured, detail = _ours(model_result, AT_C, lambda p: p["rps"] / best, True, "{:.2f}x")
+    return Target(name, measured, bound, True, "x", f"{who} = {label} {best:,.1f} req/s; {detail}")
+
+
+def evaluate(model: str, model_result: dict[str, Any]) -> list[Target]:
+    """Issue 14's targets for ``model``, each with the value this run measured."""
+    limit = model_result["in_process"]
+    targets: list[Target] = []
+    if model == "minilm":
+        best_limit = limit["best_items_per_s"]
+        measured, detail = _ours(
+            model_result, AT_C, lambda p: p["rps"] / best_limit, True, "{:.2f}x"
+        )
+        targets.append(
+            Target(
+                f"c={AT_C} throughput / in-process limit",
+                measured,
+                0.8,
+                True,
+                "x",
+                f"limit {best_limit:,.1f} items/s at batch {limit['best_batch_size']}; {detail}",
+            )
+        )
+        targets.append(_ratio_to(model_result, (TRITON,), "Triton", 1.0))
+    if model == "digits":
+        targets.append(_ratio_to(model_result, PYTHON_PEERS, "best Python peer", 1.2))
+        targets.append(_ratio_to(model_result, (TRITON,), "Triton", None))
+    one_row = limit.get("batch1_p50_ms")
+    if model in P50_OVER_INPROCESS_MS:
+        measured, detail = (None, "no in-process one-row p50")
+        if one_row is not None:
+            measured, detail = _ours(
+                model_result, 1, lambda p: p["latency_ms"]["p50"] - one_row, False, "{:+.2f} ms"
+            )
+            detail = f"in-process one row {one_row:.2f} ms; {detail}"
+        targets.append(
+            Target(
+                "c=1 p50 minus the in-process one-row call",
+                measured,
+                P50_OVER_INPROCESS_MS[model],
+                False,
+                "ms",
+                detail,
+            )
+        )
+    compute_ms = 1000 / limit["best_items_per_s"]
+    measured, detail = _ours(
+        model_result,
+        AT_C,
+        lambda p: (
+            None if p.get("cpu_ms_per_request") is None else p["cpu_ms_per_request"] - compute_ms
+        ),
+        False,
+        "{:.2f} ms",
+    )
+    targets.append(
+        Target(
+            f"serving CPU per request at c={AT_C} (server CPU minus the model's compute)",
+            measured,
+            SERVING_CPU_MS,
+            False,
+            "ms",
+            f"model compute {compute_ms:.3f} ms/request (1000 / the limit); {detail}",
+        )
+    )
+    ours = next((s for s in model_result["servers"] if s["server"] == OURS), {})
+    idle = (ours.get("idle") or {}).get("cores_busy")
+    seconds = (ours.get("idle") or {}).get("seconds")
+    targets.append(
+        Target(
+            "idle CPU of the running service",
+            idle,
+            IDLE_CORES,
+            False,
+            "cores",
+            f"{seconds} s without requests" if idle is not None else f"{OURS} idle not measured",
+        )
+    )
+    return targets
