@@ -18,7 +18,22 @@ FAST_PATH_ENV = {
     # gRPC between replicas would refuse messages over 4 MiB (a 6 MB text, the answer of
     # 3,000 sentences): allow what the request limits admit, coalesced calls included.
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(512 * 1024 * 1024),
+    # HAProxy sends a log line per request to the HAProxyManager actor, which turns it into
+    # Serve's request metrics; without it the ingress replicas count the same metrics
+    # themselves, cheaper. Given up: the serve_haproxy_* gauges (bench/NOTES.md).
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+    # The controller's loop runs 10 times a second by default, and is a quarter of the
+    # idle CPU of a small fleet; twice a second is enough for deploys and autoscaling.
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
+
+
+def fast_path_on(environ: dict[str, str]) -> bool:
+    """Whether Ray runs with the fast request path (the two switches; the rest tunes it)."""
+    return all(
+        environ.get(name) == FAST_PATH_ENV[name]
+        for name in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
+    )
 
 
 def fast_path_hint() -> str:

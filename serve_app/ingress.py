@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app import guard
 from serve_app.asgi import build_asgi_app
 from serve_app.dataplane import DataPlane, ModelRoute
-from serve_app.fast_path import FAST_PATH_ENV, fast_path_hint
+from serve_app.fast_path import fast_path_hint, fast_path_on
 from serve_app.fastapi_app import build_fastapi_app
 from serve_app.grpc import servicers
 from serve_app.pool_catalog import PoolView
@@ -60,7 +60,7 @@ class Ingress:
             pools,
             pool_routes,
         )
-        if any(os.environ.get(name) != value for name, value in FAST_PATH_ENV.items()):
+        if not fast_path_on(dict(os.environ)):
             logger.warning(fast_path_hint())
 
     def __serve_build_asgi_app__(self) -> Any:

@@ -18,6 +18,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import parse_app_config
+from serve_app.fast_path import FAST_PATH_ENV
 from serve_app.fleet_file import check_fleet
 from serve_app.kuberay.render import render_all, stale_files, write_rendered
 from tests.kuberay.conftest import KUBERAY_DIR, OVERLAYS, ROOT, the_rayservice
@@ -204,6 +205,15 @@ def test_head_runs_no_replicas_and_every_pod_serves_and_exports_metrics(built, n
     service_accounts = {o["metadata"]["name"] for o in built[name] if o["kind"] == "ServiceAccount"}
     for where, template in pod_templates(rayservice):
         assert template["spec"]["serviceAccountName"] in service_accounts, where
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_ray_container_runs_the_fast_path_as_make_run_does(built, name: str) -> None:
+    """The same environment as `make run` (serve_app/fast_path.py), in every Ray container:
+    Ray reads it when its processes start."""
+    for where, container in containers(the_rayservice(built[name])):
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert {k: env.get(k) for k in FAST_PATH_ENV} == FAST_PATH_ENV, where
 
 
 @pytest.mark.parametrize("name", ALL)
