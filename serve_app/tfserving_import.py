@@ -279,8 +279,11 @@ def _batching(text: str, notes: list[str]) -> dict[str, Any]:
 
 
 def render(imported: Imported, source: str, http_port: int = 8000, grpc_port: int = 9000) -> str:
-    """A complete serve_config.yaml: one application running the imported models, with TF
-    Serving's gRPC services (and the Open Inference Protocol's) on ``grpc_port``."""
+    """A complete serve_config.yaml in the default layout: an ingress application and one
+    application per imported model, with TF Serving's gRPC services (and the Open Inference
+    Protocol's) on ``grpc_port``."""
+    from serve_app.fleet_file import INGRESS_BUILDER, check_fleet
+    from serve_app.fleet_status import MODEL_BUILDER
     from serve_app.grpc.services import SERVICER_FUNCTIONS
 
     header = [f"# Imported from TF Serving's {source} by `serve-app import-tfserving`."]
@@ -290,12 +293,19 @@ def render(imported: Imported, source: str, http_port: int = 8000, grpc_port: in
         "http_options": {"host": "0.0.0.0", "port": http_port},
         "grpc_options": {"port": grpc_port, "grpc_servicer_functions": SERVICER_FUNCTIONS},
         "applications": [
-            {
-                "name": "models",
-                "route_prefix": "/",
-                "import_path": "serve_app.app:build_app",
-                "args": imported.args,
-            }
+            {"name": "ingress", "route_prefix": "/", "import_path": INGRESS_BUILDER, "args": {}},
+            *(
+                {
+                    "name": model["name"],
+                    "route_prefix": None,
+                    "import_path": MODEL_BUILDER,
+                    "args": model,
+                }
+                for model in imported.args["models"]
+            ),
         ],
     }
+    problems = check_fleet(config).problems
+    if problems:
+        raise ImportRefused("the imported fleet is not valid: " + "; ".join(problems))
     return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False)

@@ -13,6 +13,7 @@ import yaml
 
 from serve_app.cli import main
 from serve_app.config import parse_app_config
+from serve_app.fleet_file import check_fleet
 from serve_app.grpc.services import SERVICER_FUNCTIONS
 from serve_app.tfserving_import import (
     ImportRefused,
@@ -68,10 +69,13 @@ def test_tf_servings_example_configs_become_a_valid_fleet() -> None:
         "port": 9000,
         "grpc_servicer_functions": SERVICER_FUNCTIONS,
     }
-    (application,) = document["applications"]
-    assert application["import_path"] == "serve_app.app:build_app"
-    assert application["args"] == imported.args
-    parse_app_config(application["args"])
+    # The default layout: one ingress application and one application per model.
+    ingress, *models = document["applications"]
+    assert ingress["import_path"] == "serve_app.app:build_ingress"
+    assert [m["args"] for m in models] == imported.args["models"]
+    assert all(m["route_prefix"] is None and m["name"] == m["args"]["name"] for m in models)
+    assert check_fleet(document).problems == []
+    parse_app_config(imported.args)
 
 
 @pytest.mark.parametrize(
@@ -197,9 +201,9 @@ def test_cli_writes_the_config_or_says_why_not(
         ["import-tfserving", *files, "--file-system-poll-wait-seconds", "0", "-o", str(out)]
     )
     assert code == 0
-    args = yaml.safe_load(out.read_text())["applications"][0]["args"]
-    assert [m["name"] for m in args["models"]] == ["half_plus_two", "half_plus_three"]
-    assert all("poll_interval_s" not in m for m in args["models"])
+    models = [a["args"] for a in yaml.safe_load(out.read_text())["applications"][1:]]
+    assert [m["name"] for m in models] == ["half_plus_two", "half_plus_three"]
+    assert all("poll_interval_s" not in m for m in models)
     assert "note: num_batch_threads" in capsys.readouterr().err
     monkeypatch.delenv("TEST_HALF_PLUS_THREE_DIR")
     assert main(["import-tfserving", "--model-config", str(GOOD_CONFIG)]) == 1
