@@ -91,7 +91,8 @@ class ServerProcess:
             with contextlib.suppress(psutil.Error, OSError):
                 if os.getsid(proc.pid) == self.popen.pid:
                     procs.append(proc)
-        return procs
+        # A descendant is usually in the session too: list each process once.
+        return list({proc.pid: proc for proc in procs}.values())
 
     def sample(self) -> list[psutil.Process]:
         """Record the tree's processes now; return those alive."""
