@@ -62,6 +62,7 @@ HTML = """<!doctype html>
 const REFRESH_MS = 2000;
 const TOKEN_KEY = "serve-app-token";
 const base = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
+let windowS = 60;
 
 function el(tag, text, cls) {
   const node = document.createElement(tag);
@@ -124,8 +125,11 @@ function replicasText(entry) {
   return each.length ? head + ": " + each.join("; ") : head;
 }
 
-function reportText(report) {
-  if (!report) return "not read";
+function reportText(report, state) {
+  if (!report) {
+    if (state === "scaled to zero") return "not asked: a call would start a replica";
+    return state === "serving" ? "not read yet" : "not asked";
+  }
   const parts = [];
   if (report.replica && report.replica.pid) parts.push("replica pid " + report.replica.pid);
   if (report.device) parts.push("device " + report.device);
@@ -156,8 +160,8 @@ function modelSection(m) {
   s.appendChild(header(m, "model"));
   s.appendChild(fields([
     ...statusPairs(m),
-    ["report", reportText(m.report)],
-    ["recent", recentText(m.recent)],
+    ["replica report", reportText(m.report, m.state)],
+    ["last " + windowS + " s", recentText(m.recent)],
   ]));
   if (m.versions && m.versions.length) {
     s.appendChild(table(
@@ -185,8 +189,8 @@ function poolSection(p) {
       (holds.models_loading && holds.models_loading.length ?
         " (loading " + holds.models_loading.join(", ") + ")" : "") +
       " of at most " + show(holds.max_models_per_replica) : "\\u2013"],
-    ["report", reportText(p.report)],
-    ["recent", recentText(p.recent)],
+    ["replica report", reportText(p.report, p.state)],
+    ["last " + windowS + " s", recentText(p.recent)],
   ]));
   const busy = Object.entries((p.recent && p.recent.models) || {});
   if (busy.length) {
@@ -198,6 +202,7 @@ function poolSection(p) {
 }
 
 function render(data) {
+  windowS = data.ingress.window_s;
   const when = new Date(data.generated_at * 1000).toLocaleTimeString();
   document.getElementById("meta").textContent = "updated " + when + " \\u00b7 " +
     data.models.length + " models, " + data.pools.length + " pools \\u00b7 recent traffic: " +
