@@ -6,6 +6,7 @@ Pure: the protocol codecs and the HTTP layer share it.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -46,3 +47,17 @@ def parse_json(body: bytes) -> Any:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidInput("request body is not valid JSON: nested too deeply") from None
+
+
+# Numbers orjson writes otherwise than Python's repr (which json uses): exponents (1e-6 for
+# 1e-06, 1e16 for 1e+16), decimals below 1e-4 (0.00001 for 1e-05), and above 1e16.
+_NOT_REPR = re.compile(rb"-?\d+(?:\.\d+)?e-?\d+|-?0\.0000\d*|-?\d{17,}\.\d+")
+
+
+def numbers_json(values: list) -> bytes:
+    """A list of numbers (nested lists allowed) as the bytes ``json.dumps(values,
+    separators=(",", ":"), allow_nan=True)`` writes, at orjson's speed."""
+    fast = orjson.dumps(values)
+    if b"null" in fast:  # NaN or Infinity: json writes them as TF Serving and Triton do
+        return json.dumps(values, allow_nan=True, separators=(",", ":")).encode()
+    return _NOT_REPR.sub(lambda m: repr(float(m.group(0))).encode(), fast)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from serve_app.errors import InvalidInput
+from serve_app.protocols import v2
 from serve_app.protocols.v2 import decode_infer, encode_infer, model_metadata
+from serve_app.request import PredictRequest
 
 
 def body(document: dict) -> bytes:
@@ -267,3 +269,34 @@ def test_floats_at_the_edge_of_their_range_and_non_finite_ones_are_kept() -> Non
     assert np.isnan(values[2])
     infinite = json.dumps({"inputs": [tensor(data=[float("inf")])]}).encode()
     assert np.isinf(decode_infer(infinite, None).request.inputs["x"][0])
+
+
+def _reference_body(model, version, infer, outputs) -> bytes:
+    """What encode_infer wrote with json.dumps: its answers must stay byte for byte the same."""
+    described = []
+    for name, array in outputs.items():
+        entry = {"name": name, "datatype": v2._datatype(array), "shape": list(array.shape)}
+        entry["data"] = v2._to_json(array)
+        described.append(entry)
+    document = {"model_name": model, "model_version": str(version)}
+    if infer.id is not None:
+        document["id"] = infer.id
+    document["outputs"] = described
+    return json.dumps(document, allow_nan=True, separators=(",", ":")).encode()
+
+
+def test_answers_are_written_byte_for_byte_as_json_writes_them() -> None:
+    rng = np.random.default_rng(0)
+    cases = [
+        {"embeddings": rng.standard_normal((2, 384)).astype(np.float32) * 1e-5},
+        {"big": np.array([1e16, 1e22, 123456789012345678.0, 5e-324, 0.1, -0.0])},
+        {"ints": np.array([[0, -5, 2**62]], dtype=np.int64), "flags": np.array([True, False])},
+        {"nan": np.array([np.nan, np.inf, -np.inf, 1.5], dtype=np.float32)},
+        {"text": np.array(["é ok", "0.00001", '"quoted"'], dtype=object)},
+    ]
+    for outputs in cases:
+        for request_id in (None, "id-ü"):
+            infer = v2.InferRequest(PredictRequest({}), id=request_id)
+            body, header_length = v2.encode_infer("m-é", 3, infer, outputs)
+            assert header_length is None
+            assert body == _reference_body("m-é", 3, infer, outputs), outputs
