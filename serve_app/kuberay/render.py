@@ -159,8 +159,14 @@ def apply_overrides(
                 if entry.kind == "model":
                     entry.settings["uri"] = f"{layer.model_root.rstrip('/')}/{entry.name}"
         for name, override in layer.models.items():
+            patch = override.model_dump(exclude_unset=True)
+            # Replicas are fixed or autoscaled, not both: an override of one replaces the other.
+            if "autoscaling" in patch:
+                patch.setdefault("num_replicas", None)
+            if "num_replicas" in patch and patch["num_replicas"] is not None:
+                patch.setdefault("autoscaling", None)
             for entry in fleet.named(name):
-                patched = apply_merge_patch(entry.settings, override.model_dump(exclude_unset=True))
+                patched = apply_merge_patch(entry.settings, patch)
                 entry.settings.clear()  # in place: the mapping lives inside ``config``
                 entry.settings.update(patched)
         if layer.ingress is not None:

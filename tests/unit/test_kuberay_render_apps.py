@@ -193,3 +193,14 @@ def test_a_good_user_config_override_renders_as_written(tmp_path: Path) -> None:
     (patch,) = render_all(tmp_path / "serve_config.yaml", tmp_path / "kuberay")
     serve_config = yaml.safe_load(yaml.safe_load(patch.text)["spec"]["serveConfigV2"])
     assert serve_config == config
+
+
+def test_an_override_of_replicas_replaces_the_other_way_of_setting_them() -> None:
+    autoscaled = apps(rendered({"models": {"a": {"autoscaling": {"max_replicas": 3}}}}))["a"]
+    assert autoscaled["args"]["autoscaling"] == {"max_replicas": 3}
+    assert "num_replicas" not in autoscaled["args"]
+    fixed = rendered({"models": {"a": {"autoscaling": {"max_replicas": 3}}}})
+    fixed = apps(
+        apply_overrides(fixed, [Overrides.model_validate({"models": {"a": {"num_replicas": 4}}})])
+    )
+    assert fixed["a"]["args"]["num_replicas"] == 4 and "autoscaling" not in fixed["a"]["args"]
