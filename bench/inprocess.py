@@ -63,12 +63,15 @@ def measure(name: str, batch_sizes: list[int], seconds: float) -> dict[str, Any]
         model.predict(batch)  # warm-up: graph tracing, allocator, oneDNN primitives
         times: list[float] = []
         deadline = time.perf_counter() + seconds
+        cpu_before = time.process_time()  # every thread of the process: the model's own CPU
         while len(times) < MIN_CALLS or time.perf_counter() < deadline:
             started = time.perf_counter()
             model.predict(batch)
             times.append(time.perf_counter() - started)
+        cpu_s = time.process_time() - cpu_before
         by_batch[str(rows)] = {
             "items_per_s": rows * len(times) / sum(times),
+            "cpu_ms_per_item": 1000 * cpu_s / (rows * len(times)),
             "call_p50_ms": 1000 * statistics.median(times),
             "call_p99_ms": 1000 * percentile(times, 99),
             "calls": len(times),
@@ -82,6 +85,7 @@ def measure(name: str, batch_sizes: list[int], seconds: float) -> dict[str, Any]
         "by_batch_size": by_batch,
         "best_batch_size": int(best),
         "best_items_per_s": by_batch[best]["items_per_s"],
+        "best_cpu_ms_per_item": by_batch[best]["cpu_ms_per_item"],
         "batch1_p50_ms": one["call_p50_ms"] if one else None,
         "batch1_p99_ms": one["call_p99_ms"] if one else None,
         "reference_output": [float(v) for v in reference],

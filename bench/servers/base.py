@@ -132,6 +132,10 @@ class Server:
         """The requests measured, the first one also used for the readiness check."""
         raise NotImplementedError
 
+    def fully_started(self) -> bool:
+        """Whether every worker of the server is up (one answer may come from the first)."""
+        return True
+
     def grpc_endpoints(self, model: str) -> list[GrpcEndpoint]:
         """The gRPC calls measured (none unless the server says)."""
         return []

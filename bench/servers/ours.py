@@ -13,6 +13,8 @@ processes ``serve run`` started (``ray stop --force`` would kill every Ray here)
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,19 @@ def fleet_summary(config: dict[str, Any]) -> str:
 
 class ServeApp(Server):
     """This project's service under ``serve run serve_config.yaml``, as ``make run`` starts it."""
+
+    def fully_started(self) -> bool:
+        """Every model has all its replicas running (``GET /fleet``): the first answer may
+        come while a model's second replica is still loading."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/fleet", timeout=10) as r:
+                fleet = json.loads(r.read())
+        except (OSError, ValueError):
+            return False
+        models = fleet.get("models") or []
+        return bool(models) and all(
+            (m.get("running_replicas") or 0) >= (m.get("min_replicas") or 1) for m in models
+        )
 
     name = "serve-app"
     packages = ("serve-app", "ray", "tensorflow-cpu", "keras", "torch", "transformers", "numpy")

@@ -188,3 +188,22 @@ def test_a_resource_preserving_swap_frees_the_old_version_first_and_drops_nothin
     assert states["2"] == "AVAILABLE" and states.get("1", "END") == "END", states
     assert failures == [], failures[:3]
     assert [r["pid"] for r in _replicas(name)] == [pid]
+
+
+def test_a_model_that_cannot_be_placed_answers_503_with_the_reason(
+    fleet: dict, model_repo: Path, cleanup: list[str]
+) -> None:
+    """A model asking for more than the cluster has never comes up: its requests get 503 with
+    what it asked for and what the cluster has, not a hang; the other models answer."""
+    url, name = fleet["url"], "too-big"
+    cleanup.append(name)
+    deploy_apps([_app(name, {"uri": str(model_repo / "digits"), "resources": {"num_cpus": 512}})])
+
+    def refused() -> str | None:
+        answer = _v2(url, name)
+        return answer.text if answer.status_code == 503 else None
+
+    # Serve says why replicas are not scheduled once they have waited 30 s.
+    reason = wait_for(refused, 240, "the unplaceable model to answer 503")
+    assert "cannot be placed" in reason and "'CPU': 512.0" in reason, reason
+    assert _v2(url, "digits").status_code == 200
