@@ -162,8 +162,12 @@ def wait_ready(
             return {"ok": False, "error": f"exited with {proc.popen.returncode} before ready"}
         try:
             last = check_answer(server, endpoint, reference, timeout_s=10.0)
-            if last["ok"] and server.fully_started():
-                return {"ok": True, "ready_s": round(time.monotonic() - started, 1)}
+            if last["ok"]:
+                if server.fully_started():
+                    return {"ok": True, "ready_s": round(time.monotonic() - started, 1)}
+                last = {"error": "answers, but not every replica runs yet"}
+                time.sleep(1.0)
+                continue
             # A wrong 200 or a 500 is a broken server, not one still loading (those answer
             # 400/404/503 or refuse the connection): waiting will not fix it.
             if last["status"] in (200, 500):

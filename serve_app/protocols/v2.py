@@ -293,8 +293,10 @@ def encode_infer(
             blobs.append(blob)
             described.append(entry.encode())
             continue
-        data = _to_json(array)
-        body = numbers_json(data) if array.dtype.kind in "biuf" else _ENCODER.encode(data).encode()
+        if array.dtype.kind in "biuf":
+            body = numbers_json(array)
+        else:
+            body = _ENCODER.encode(_to_json(array)).encode()
         described.append(entry.encode() + b',"data":' + body + b"}")
     head = f'{{"model_name":{_ENCODER.encode(model)},"model_version":"{version}"'
     if infer.id is not None:
