@@ -277,6 +277,8 @@ class DataPlane:
                 except asyncio.CancelledError:
                     response.cancel()
                     raise
+                except DeploymentUnavailableError:  # Serve knew it failed before our view
+                    raise await self._deploy_failure(deployment) from None
 
             coalescer = Coalescer(
                 name,
@@ -358,8 +360,8 @@ class DataPlane:
     ) -> Any:
         """Await a model's answer; 503 if the model fails meanwhile, 504 past the deadline,
         never a hang. Either way the call is cancelled."""
-        call = asyncio.ensure_future(_result(response))
         deployment = self.deployment_of(name)
+        call = asyncio.ensure_future(self._result(deployment, response))
         try:
             while True:
                 wait = 1.0
@@ -413,6 +415,24 @@ class DataPlane:
         finally:
             items.cancel()  # the client went away, or the stream failed: stop generating
 
+    async def _result(self, deployment: str, response: Awaitable[Any]) -> Any:
+        try:
+            return await response
+        except ServingError:
+            raise
+        except RayActorError as exc:
+            raise ModelUnavailable(f"the model's replica died ({type(exc).__name__})") from None
+        except DeploymentUnavailableError:  # Serve knew it failed before our view did
+            raise await self._deploy_failure(deployment) from None
+
+    async def _deploy_failure(self, deployment: str) -> ModelUnavailable:
+        """The 503 for a deployment Serve reports failed: with the reason Serve recorded
+        (a view at most 1 s old: requests to a failed model do not each read the status)."""
+        await self.fleet.refresh(max_age=1.0)
+        return self.fleet.failure(deployment) or ModelUnavailable(
+            f"model '{deployment}' failed to deploy (see its status)"
+        )
+
     # --- readiness -------------------------------------------------------------------------
 
     async def ready(self) -> bool:
@@ -425,14 +445,3 @@ class DataPlane:
 def _size_of(request: PredictRequest) -> int:
     """Approximate bytes of a request's tensors (object arrays: their length only)."""
     return sum(getattr(a, "nbytes", 0) for a in request.inputs.values())
-
-
-async def _result(response: Awaitable[Any]) -> Any:
-    try:
-        return await response
-    except ServingError:
-        raise
-    except RayActorError as exc:
-        raise ModelUnavailable(f"the model's replica died ({type(exc).__name__})") from None
-    except DeploymentUnavailableError:  # Serve knows it failed before our view does
-        raise ModelUnavailable("the model failed to deploy (see its status)") from None

@@ -154,6 +154,20 @@ class LocalCluster:
         )
         return json.loads(result.stdout)
 
+    def alive_actor_pids(self, class_name: str) -> set[int]:
+        """The pids of the live actors of one class (`ray list actors`), e.g. a replica's."""
+        result = self.run(
+            BIN / "ray",
+            "list",
+            "actors",
+            "--format=json",
+            "--limit=10000",
+            "--filter=state=ALIVE",
+            f"--filter=class_name={class_name}",
+            f"--address={self.dashboard_url}",
+        )
+        return {actor["pid"] for actor in json.loads(result.stdout)}
+
     def wait_for_nodes(self, count: int) -> list[dict[str, Any]]:
         def alive() -> list[dict[str, Any]] | None:
             nodes = [n for n in self.list_nodes() if n["state"] == "ALIVE"]

@@ -2,13 +2,15 @@
 
 The tests run in order against one cluster (see conftest.py) and one HTTP port:
 
-1. `serve deploy` of the default fleet's config, with `tiny-gpt2` on two 0.5-GPU replicas
+1. `serve deploy` of the default fleet's config (one application per model, beside the
+   ingress application), with `tiny-gpt2` on two 0.5-GPU replicas
    (CPU fallback allowed: the GPUs are declared, not real) and `digits` kept on the CPU pool.
    Every replica reports where it runs in `/v2/models/{name}/stats` (`placement`).
 2. `serve status` through the dashboard shows the fleet.
 3. A second `serve deploy` that changes one model's settings updates only that model.
 4. A GPU model without CPU fallback, where no framework sees a GPU, fails to load with a
-   message that says so, and the other application keeps serving.
+   message that says so, the ingress answers 503 with it, and the other applications keep
+   serving.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from tests.helpers import free_port, wait_for
 
 DEPLOY_TIMEOUT_S = 420
 DIGIT = [0.0] * 64
+FLEET = ("ingress", "digits", "tiny-gpt2")  # the applications deployed, one per model
+INGRESS_ACTOR = "ServeReplica:ingress:Ingress"  # Serve names replica actors app:deployment
 
 
 @pytest.fixture(scope="module")
@@ -37,27 +41,28 @@ def http_port() -> int:
 def fleet_config(http_port: int) -> dict[str, Any]:
     """serve_config.yaml as written, placed for this cluster.
 
-    One proxy, on the head (all nodes share this machine's ports), on a free port; minilm left
-    out to keep the test light; `tiny-gpt2` on two half GPUs of an L4 node in bfloat16;
-    `digits` on the CPU node pool.
+    One proxy, on the head (all nodes share this machine's ports), on free ports; minilm's
+    application left out to keep the test light; `tiny-gpt2` on two half GPUs of an L4 node
+    in bfloat16; `digits` on the CPU node pool.
     """
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["proxy_location"] = "HeadOnly"
     config["http_options"] = {"host": "127.0.0.1", "port": http_port}
-    app = config["applications"][0]
-    models = {model["name"]: model for model in app["args"]["models"]}
-    digits, gpt2 = models["digits"], models["tiny-gpt2"]
-    digits["resources"] = {"num_cpus": 0.1, "label_selector": dict(CPU_POOL)}
-    gpt2["resources"] = {
+    config["grpc_options"]["port"] = free_port()
+    apps = {app["name"]: app for app in config["applications"]}
+    ingress, digits, gpt2 = apps["ingress"], apps["digits"], apps["tiny-gpt2"]
+    digits["args"]["resources"] = {"num_cpus": 0.1, "label_selector": dict(CPU_POOL)}
+    gpt2["args"]["resources"] = {
         "num_cpus": 0.1,
         "num_gpus": 0.5,
         "accelerator_type": "L4",
         "allow_cpu_fallback": True,
     }
-    gpt2["num_replicas"] = 2
-    gpt2["dtype"] = "bfloat16"
-    app["args"]["models"] = [digits, gpt2]
-    app["deployments"] = patient_health_checks("digits", "tiny-gpt2", "Ingress")
+    gpt2["args"]["num_replicas"] = 2
+    gpt2["args"]["dtype"] = "bfloat16"
+    for app, deployment in ((ingress, "Ingress"), (digits, "digits"), (gpt2, "tiny-gpt2")):
+        app["deployments"] = patient_health_checks(deployment)
+    config["applications"] = [ingress, digits, gpt2]
     return config
 
 
@@ -116,7 +121,8 @@ def deployed(cluster: LocalCluster, http_port: int) -> dict[str, Any]:
     """The fleet, deployed with `serve deploy` through the dashboard address."""
     config = fleet_config(http_port)
     deploy(cluster, config, "fleet")
-    wait_for_app(cluster, "models", "RUNNING")
+    for app in FLEET:
+        wait_for_app(cluster, app, "RUNNING")
     nodes = cluster.list_nodes()
     return {
         "config": config,
@@ -170,13 +176,24 @@ def test_models_answer_through_the_cluster_proxy(deployed: dict[str, Any]) -> No
 
 def test_serve_status_shows_the_fleet(cluster: LocalCluster, deployed: dict[str, Any]) -> None:
     status = cluster.serve_status()
-    app = status["applications"]["models"]
-    assert app["status"] == "RUNNING"
-    deployments = app["deployments"]
-    assert set(deployments) == {"digits", "tiny-gpt2", "Ingress"}
-    assert all(d["status"] == "HEALTHY" for d in deployments.values())
-    assert deployments["tiny-gpt2"]["replica_states"] == {"RUNNING": 2}
+    apps = status["applications"]
+    assert set(apps) == set(FLEET)
+    deployments = {app: apps[app]["deployments"] for app in FLEET}
+    assert {app: set(d) for app, d in deployments.items()} == {
+        "ingress": {"Ingress"},
+        "digits": {"digits"},
+        "tiny-gpt2": {"tiny-gpt2"},
+    }
+    for app in FLEET:
+        assert apps[app]["status"] == "RUNNING"
+        assert all(d["status"] == "HEALTHY" for d in deployments[app].values())
+    assert deployments["tiny-gpt2"]["tiny-gpt2"]["replica_states"] == {"RUNNING": 2}
     assert list(status["proxies"].values()) == ["HEALTHY"]
+
+
+def _app(config: dict[str, Any], name: str) -> dict[str, Any]:
+    (app,) = [app for app in config["applications"] if app["name"] == name]
+    return app
 
 
 def test_second_deploy_updates_only_the_changed_model(
@@ -186,16 +203,18 @@ def test_second_deploy_updates_only_the_changed_model(
     gpt2_before = replica_stats(url, "tiny-gpt2", 2)
     (digits_id, digits_before), *_ = replica_stats(url, "digits", 1).items()
     assert digits_before["batching"]["max_batch_size"] == 32
+    ingress_before = cluster.alive_actor_pids(INGRESS_ACTOR)
+    assert len(ingress_before) == 1
 
     # digits only: batching in place (user_config) and one more replica.
     config = copy.deepcopy(deployed["config"])
-    (digits,) = [d for d in config["applications"][0]["deployments"] if d["name"] == "digits"]
+    (digits,) = _app(config, "digits")["deployments"]
     digits["num_replicas"] = 2
     digits["user_config"] = {"batching": {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}}
     deploy(cluster, config, "fleet-digits-changed")
     wait_for(
         lambda: (
-            cluster.serve_status()["applications"]["models"]["deployments"]["digits"][
+            cluster.serve_status()["applications"]["digits"]["deployments"]["digits"][
                 "replica_states"
             ]
             == {"RUNNING": 2}
@@ -204,7 +223,7 @@ def test_second_deploy_updates_only_the_changed_model(
         "digits to run 2 replicas",
         every_s=2,
     )
-    wait_for_app(cluster, "models", "RUNNING")
+    wait_for_app(cluster, "digits", "RUNNING")
 
     digits_after = replica_stats(url, "digits", 2)
     assert digits_id in digits_after, "the running digits replica was replaced"
@@ -216,6 +235,7 @@ def test_second_deploy_updates_only_the_changed_model(
     assert {k: v["replica"]["pid"] for k, v in gpt2_after.items()} == {
         k: v["replica"]["pid"] for k, v in gpt2_before.items()
     }
+    assert cluster.alive_actor_pids(INGRESS_ACTOR) == ingress_before, "the ingress restarted"
     deployed["config"] = config
 
 
@@ -226,60 +246,55 @@ def test_gpu_model_without_fallback_fails_clearly(
     gpt2_before = replica_stats(url, "tiny-gpt2", 2)
     config = copy.deepcopy(deployed["config"])
     strict = {
-        "name": "strict",
-        "route_prefix": "/strict",
-        "import_path": "serve_app.app:build_app",
+        "name": "digits-gpu",
+        "route_prefix": None,
+        "import_path": "serve_app.app:build_model",
         "args": {
-            "models": [
-                {
-                    "name": "digits-gpu",
-                    "framework": "tensorflow",
-                    "uri": "model_repository/digits",
-                    "resources": {"num_cpus": 0.1, "num_gpus": 0.5, "accelerator_type": "L4"},
-                }
-            ]
+            "name": "digits-gpu",
+            "framework": "tensorflow",
+            "uri": "model_repository/digits",
+            "resources": {"num_cpus": 0.1, "num_gpus": 0.5, "accelerator_type": "L4"},
         },
-        "deployments": patient_health_checks("Ingress"),
+        "deployments": patient_health_checks("digits-gpu"),
     }
     config["applications"].append(strict)
     deploy(cluster, config, "fleet-and-strict")
-    app = wait_for_app(cluster, "strict", "DEPLOY_FAILED")
+    app = wait_for_app(cluster, "digits-gpu", "DEPLOY_FAILED")
     message = app["deployments"]["digits-gpu"]["message"]
     assert "model 'digits-gpu' asked for num_gpus=0.5" in message
     assert "TensorFlow sees no CUDA device" in message
     assert "resources.allow_cpu_fallback: true" in message
 
-    # Its route answers 503 with the reason once its ingress runs; the first application
-    # is untouched.
-    wait_for(
-        lambda: (
-            cluster.serve_status()["applications"]["strict"]["deployments"]["Ingress"]["status"]
-            == "HEALTHY"
-        ),
-        DEPLOY_TIMEOUT_S,
-        "the strict application's ingress to be HEALTHY",
-        every_s=2,
-    )
-
+    # The ingress answers 503 with the reason; the other applications are untouched.
     def unavailable() -> dict[str, Any]:
-        response = requests.get(f"{url}/strict/v1/models/digits-gpu", timeout=30)
+        response = requests.get(f"{url}/v1/models/digits-gpu", timeout=30)
         if response.status_code != 503:  # reported if it never turns 503
             raise AssertionError(f"answered {response.status_code}: {response.text[:300]}")
         return response.json()
 
     body = wait_for(unavailable, 120, "digits-gpu to answer 503")
     assert "TensorFlow sees no CUDA device" in body["error"]
-    assert cluster.serve_status()["applications"]["models"]["status"] == "RUNNING"
+    apps = cluster.serve_status()["applications"]
+    assert {app: apps[app]["status"] for app in FLEET} == dict.fromkeys(FLEET, "RUNNING")
     gpt2_after = replica_stats(url, "tiny-gpt2", 2)
     assert set(gpt2_after) == set(gpt2_before)
+    digits = requests.post(f"{url}/v1/models/digits:predict", json={"instances": [DIGIT]})
+    assert digits.status_code == 200, digits.text
 
 
 def test_cluster_config_is_the_repository_config() -> None:
     """The deployed file differs from serve_config.yaml only in placement and the proxy."""
-    original = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    original = {
+        app["name"]: app
+        for app in yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"]
+    }
     derived = fleet_config(8000)
-    assert derived["applications"][0]["import_path"] == original["applications"][0]["import_path"]
-    uris = {m["name"]: m["uri"] for m in original["applications"][0]["args"]["models"]}
-    for model in derived["applications"][0]["args"]["models"]:
-        assert model["uri"] == uris[model["name"]]
-        assert not Path(model["uri"]).is_absolute()  # resolved in each node's directory
+    assert [app["name"] for app in derived["applications"]] == list(FLEET)
+    for app in derived["applications"]:
+        mine = original[app["name"]]
+        assert app["import_path"] == mine["import_path"]
+        assert app["route_prefix"] == mine["route_prefix"]
+        assert app.get("runtime_env") == mine.get("runtime_env")
+        if app["name"] != "ingress":
+            assert app["args"]["uri"] == mine["args"]["uri"]
+            assert not Path(app["args"]["uri"]).is_absolute()  # resolved on each node

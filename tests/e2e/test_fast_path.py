@@ -3,10 +3,19 @@ limits admit works in both directions, and concurrent requests are coalesced."""
 
 from __future__ import annotations
 
-import requests
+import time
 
-from tests.e2e.conftest import BASE_URL
+import requests
+import yaml
+
+from tests.e2e.conftest import BASE_URL, ROOT
 from tests.helpers import post_many
+
+MODEL_REPLICAS = {
+    app["name"]: app["args"].get("num_replicas", 1)
+    for app in yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"]
+    if app["name"] != "ingress"
+}
 
 
 def test_a_text_of_6_megabytes_is_answered(served_fleet: None) -> None:
@@ -27,14 +36,32 @@ def test_3000_sentences_in_one_request_are_answered(served_fleet: None) -> None:
     assert answer.json()["outputs"][0]["shape"] == [3000, 384]
 
 
-def test_concurrent_requests_are_coalesced_on_the_fast_path(served_fleet: None) -> None:
-    def stats() -> dict:
-        return requests.get(f"{BASE_URL}/v2/models/minilm/stats", timeout=30).json()["coalescing"]
+def coalescing_by_replica(model: str) -> dict[str, dict]:
+    """Each replica's coalescing counters; stats are answered by one replica per request.
 
-    before = stats()
+    Asks until every replica has answered: the fleet answers once one replica of each model
+    runs, the others may still be loading.
+    """
+    replicas = MODEL_REPLICAS[model]
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        stats = requests.get(f"{BASE_URL}/v2/models/{model}/stats", timeout=30).json()
+        seen[stats["replica"]["id"]] = stats["coalescing"]
+        if len(seen) == replicas:
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"only {len(seen)} of {replicas} '{model}' replicas answered")
+
+
+def test_concurrent_requests_are_coalesced_on_the_fast_path(served_fleet: None) -> None:
+    before = coalescing_by_replica("minilm")
     bodies = [{"instances": [f"sentence number {i}"]} for i in range(64)]
     responses = post_many(f"{BASE_URL}/v1/models/minilm:predict", bodies, concurrency=64)
-    after = stats()
+    after = coalescing_by_replica("minilm")
     assert [r.status_code for r in responses] == [200] * 64
-    assert after["requests"] - before["requests"] == 64
-    assert after["calls"] - before["calls"] < 64
+    assert set(after) == set(before), "a minilm replica was replaced"
+    requests_sent = sum(after[r]["requests"] - before[r]["requests"] for r in after)
+    calls_made = sum(after[r]["calls"] - before[r]["calls"] for r in after)
+    assert requests_sent == 64
+    assert calls_made < 64

@@ -201,9 +201,10 @@ def test_a_model_that_cannot_be_placed_answers_503_with_the_reason(
 
     def refused() -> str | None:
         answer = _v2(url, name)
-        return answer.text if answer.status_code == 503 else None
+        return answer.json()["error"] if answer.status_code == 503 else None
 
     # Serve says why replicas are not scheduled once they have waited 30 s.
     reason = wait_for(refused, 240, "the unplaceable model to answer 503")
-    assert "cannot be placed" in reason and "'CPU': 512.0" in reason, reason
+    assert f"model '{name}' cannot be placed" in reason, reason
+    assert 'each replica asks for {"CPU": 512.0}' in reason, reason
     assert _v2(url, "digits").status_code == 200
