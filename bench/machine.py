@@ -59,7 +59,7 @@ def git_revision() -> str:
 def describe() -> dict[str, Any]:
     """CPU, cores, memory, kernel, OS, Python, date and the load before the run."""
     return {
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),

@@ -90,7 +90,7 @@ class ReplicaCore:
         self, host: ModelHost, request: PredictRequest, now: float
     ) -> Pending | ServingError:
         if request.deadline is not None and now >= request.deadline:
-            return _late(host.name)
+            return DeadlineExceeded.for_model(host.name)
         try:
             return host.begin(request, self.enqueue)
         except ServingError as exc:
@@ -108,7 +108,7 @@ class ReplicaCore:
             live = []
             for i in group:
                 if items[i].given_up(now):  # its caller's deadline passed, or it went away
-                    results[i] = _late(items[i].host.name)
+                    results[i] = DeadlineExceeded.for_model(items[i].host.name)
                 else:
                     live.append(i)
             if not live:
@@ -144,8 +144,10 @@ class ReplicaCore:
             members[0].parameters,
             stop,
         )
+        rows = sum(m.rows for m in members)
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self.executor, call)
+            parts = split_outputs(outputs, [m.rows for m in members])
         except ServingError as exc:
             return exc
         except Exception as exc:
@@ -158,10 +160,9 @@ class ReplicaCore:
                 exc,
             )
             return ServingError(f"model '{host.name}' failed: {type(exc).__name__}: {exc}")
-        rows = sum(m.rows for m in members)
         host.stats.record(rows)
         metrics.record_batch(host.name, rows, len(members))
-        return split_outputs(outputs, [m.rows for m in members])
+        return parts
 
     def report(self) -> dict[str, Any]:
         """How many handle calls carried how many requests (coalescing in the ingress)."""
@@ -179,10 +180,3 @@ async def _wait_for_gap(gap: asyncio.Event, requests: list[PredictRequest]) -> N
 def _rows_of(item: BatchItem) -> int:
     """A batch counts rows (instances), not requests."""
     return item.rows
-
-
-def _late(model: str) -> DeadlineExceeded:
-    return DeadlineExceeded(
-        f"model '{model}' did not answer within the request's deadline"
-        " (X-Request-Timeout-Seconds or ingress.request_timeout_s)"
-    )

@@ -142,10 +142,10 @@ class ModelHost:
                 metrics.record_cache_fetch(self.name, self._store.last_fetch_cached)
             version.notice = store_notice(self._store)
             servable = self._servable_class(self.spec, path, self._executor)
-            # Warmed up on the inference thread: torch's OpenMP threads belong to the thread
-            # that first computes, and a model first run on another thread computes about
-            # 1.5x slower on the inference thread ever after (bench/NOTES.md).
-            self._executor.submit(servable.warm_up).result()
+            if servable.warm_up_on_inference_thread:
+                self._executor.submit(servable.warm_up).result()
+            else:  # here, on the loader thread: the serving versions keep answering
+                servable.warm_up()
         except Exception as exc:  # any failure leaves the serving versions as they are
             if fetched:  # a version that will not serve keeps no cache lease
                 self._store.release(number)
@@ -313,6 +313,7 @@ class ModelHost:
             request.version, request.label, self.hot.labels, wanted, self.hot.traffic
         )
         version.in_flight += 1
+        futures: list[asyncio.Future] = []
         try:
             servable = version.servable
             signature = servable.signature(request.signature_name)
@@ -326,25 +327,27 @@ class ModelHost:
             limit, rows = self.hot.batching.max_batch_size, prepared.rows
             # Only items of this host and version share a model call.
             group = f"{id(self)}:{version.number}:{parameters_key(request.parameters)}"
-            futures = [
-                enqueue(
-                    BatchItem(
-                        signature.name,
-                        slice_rows(prepared.tensors, start, min(start + limit, rows))
-                        if rows > limit
-                        else prepared.tensors,
-                        min(limit, rows - start),
-                        request.parameters,
-                        group,
-                        version.number,
-                        self,
-                        request.deadline,
-                    )
+            for start in range(0, rows, limit):
+                chunk = (
+                    slice_rows(prepared.tensors, start, min(start + limit, rows))
+                    if rows > limit
+                    else prepared.tensors
                 )
-                for start in range(0, rows, limit)
-            ]
+                item = BatchItem(
+                    signature.name,
+                    chunk,
+                    min(limit, rows - start),
+                    request.parameters,
+                    group,
+                    version.number,
+                    self,
+                    request.deadline,
+                )
+                futures.append(enqueue(item))
         except BaseException:
             version.in_flight -= 1
+            for future in futures:  # chunks queued already are computed for nobody
+                future.cancel()
             raise
         return Pending(version, futures, outputs, prepared)
 
@@ -360,10 +363,14 @@ class ModelHost:
             if isinstance(result, Exception):
                 return ServingError(f"model '{self.name}' failed: {type(result).__name__}")
             parts.append(result)
-        outputs = concat_outputs(parts)
-        outputs = {name: outputs[name] for name in pending.outputs}
-        # TF Serving answers a scalar-per-instance request with scalars per instance.
-        return pending.version.number, pending.prepared.restore(outputs)
+        try:
+            outputs = concat_outputs(parts)
+            outputs = {name: outputs[name] for name in pending.outputs}
+            # TF Serving answers a scalar-per-instance request with scalars per instance.
+            return pending.version.number, pending.prepared.restore(outputs)
+        except Exception as exc:  # this request's outputs only: it fails alone
+            logger.warning("model '%s': assembling an answer failed", self.name, exc_info=True)
+            return ServingError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}")
 
     def abandon(self, pending: Pending) -> None:
         """Give up on a begun request (its call was cancelled): drop its queued rows."""

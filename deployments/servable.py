@@ -27,6 +27,10 @@ class Servable:
     """A framework model of one version; subclasses implement load, signatures and infer."""
 
     platform = "unknown"  # the Open Inference Protocol's platform name
+    # Warm up on the replica's inference thread (which then cannot serve meanwhile) rather
+    # than on the loader thread: for frameworks whose compute threads belong to the thread
+    # that first computes.
+    warm_up_on_inference_thread = False
 
     def __init__(self, spec: ModelSpec, path: Path, executor: Executor) -> None:
         self.spec = spec

@@ -49,6 +49,10 @@ class TransformersModel(Servable):
     ``text-classification`` (label and score) and ``text-generation``."""
 
     platform = "transformers"
+    # torch's OpenMP threads belong to the thread that first computes: a model first run on
+    # another thread computes about 1.5x slower on the inference thread ever after
+    # (bench/NOTES.md, issue 14 #4).
+    warm_up_on_inference_thread = True
 
     def load(self, path: Path) -> None:
         import torch
@@ -322,18 +326,23 @@ class TransformersModel(Servable):
                     break
                 if delta := scanner.feed(piece):
                     yield {"text": delta}
-            if stop():
-                raise DeadlineExceeded(
-                    f"model '{self.name}' did not finish within the request's deadline"
-                )
-            if tail := scanner.finish():
-                yield {"text": tail}
-            generated = await generation  # a stop sequence ends the stream, not the generation
+            if scanner.stopped:
+                gone.set()  # a stop sequence ends the generation at its next token
+            generated = await generation
         finally:
             gone.set()  # a consumer that went away (or an error) stops the generation too
+            generation.add_done_callback(_retrieve)  # its error, if nobody awaited it
         ids = generated[0, encoded["input_ids"].shape[1] :].tolist()
         eos = self._tokenizer.eos_token_id
         length = ids.index(eos) if eos in ids else len(ids)
+        # Cut short (no end of text, fewer tokens than asked) with the deadline passed: the
+        # deadline stopped it. One that ended by itself at that moment is answered.
+        if not scanner.stopped and eos not in ids and len(ids) < max_new_tokens and stop():
+            raise DeadlineExceeded(
+                f"model '{self.name}' did not finish within the request's deadline"
+            )
+        if tail := scanner.finish():
+            yield {"text": tail}
         if scanner.stopped:
             sent = cut_at_stop(scanner.text, settings.stop)[0]
             length = len(self._tokenizer(sent, add_special_tokens=False)["input_ids"])
@@ -342,6 +351,12 @@ class TransformersModel(Servable):
             "prompt_tokens": int(encoded["attention_mask"].sum()),
             "completion_tokens": length,
         }
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a future's error as seen: the stream that started it has ended already."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _texts(column: np.ndarray) -> list[str]:

@@ -105,8 +105,8 @@ class HotRoutes:
             await self.fallback(scope, receive, tracking)
         except Exception as exc:
             # FastAPI answered with its exception handler's body already (and re-raised).
+            logger.exception("unexpected error in the ingress")
             if not started and scope["type"] == "http":
-                logger.exception("unexpected error in the ingress")
                 error = ServingError(f"internal error ({type(exc).__name__})")
                 await error_reply(scope.get("path", ""), error).send(send)
 

@@ -111,7 +111,6 @@ class DataPlane:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             shown = name[:64] if isinstance(name, str) else type(name).__name__
             raise NotFound(f"model '{shown}' not found (model names match {MODEL_NAME_PATTERN})")
-        ctx.model = name
         await self.fleet.ready()
         handle, kind = await self._find(name)
         if handle is None:  # deployed a moment ago? Serve's view is read again, at most 1/s
@@ -124,6 +123,8 @@ class DataPlane:
                 shown += f" and {len(known) - KNOWN_NAMES_SHOWN} more"
             what = f" of kind {'/'.join(kinds)}" if kinds else ""
             raise NotFound(f"model '{name}'{what} not found (known models: {shown})")
+        # Served names only: a metric label per invented name would grow without bound.
+        ctx.model = name
         self.fleet.check(self.deployment_of(name))
         return handle
 
@@ -299,10 +300,7 @@ class DataPlane:
                 return await future
             return await asyncio.wait_for(future, max(0.0, ctx.deadline - time.monotonic()))
         except TimeoutError:
-            raise DeadlineExceeded(
-                f"model '{name}' did not answer within the request's deadline"
-                " (X-Request-Timeout-Seconds or ingress.request_timeout_s)"
-            ) from None
+            raise DeadlineExceeded.for_model(name) from None
         finally:
             if not future.done():
                 future.cancel()
@@ -373,10 +371,7 @@ class DataPlane:
                     return call.result()
                 remaining = ctx.remaining_s()
                 if remaining is not None and remaining <= 0:
-                    raise DeadlineExceeded(
-                        f"model '{name}' did not answer within the request's deadline"
-                        " (X-Request-Timeout-Seconds or ingress.request_timeout_s)"
-                    )
+                    raise DeadlineExceeded.for_model(name)
                 await self.fleet.refresh(max_age=1.0)
                 self.fleet.check(deployment)
         except BackPressureError as exc:

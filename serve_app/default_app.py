@@ -4,6 +4,10 @@
 fleet of ``serve_config.yaml`` (or of the file named by ``SERVE_APP_CONFIG``) and builds it
 as one application (``build_app``): its models, whether written as one application per model
 (``build_model`` / ``build_pool`` beside ``build_ingress``) or in one ``build_app``.
+
+Only the args travel: each model application's ``runtime_env`` (thread counts) and
+``logging_config`` are Serve's, not ours, and one application has one of each. To deploy
+the fleet as tuned, deploy ``serve_config.yaml`` itself (it is a complete Serve config).
 """
 
 from __future__ import annotations

@@ -75,6 +75,14 @@ class DeadlineExceeded(ServingError):
 
     status_code = 504
 
+    @classmethod
+    def for_model(cls, model: str) -> DeadlineExceeded:
+        """The 504 of a model that did not answer in time, naming where deadlines come from."""
+        return cls(
+            f"model '{model}' did not answer within the request's deadline"
+            " (X-Request-Timeout-Seconds or ingress.request_timeout_s)"
+        )
+
 
 class Unauthorized(ServingError):
     """Missing or wrong bearer token (401, with ``WWW-Authenticate: Bearer``)."""

@@ -136,6 +136,13 @@ def build_fastapi_app(plane: DataPlane) -> FastAPI:
         error.status_code = exc.status_code
         return _response(error_reply(request.url.path, error))
 
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # A bug of ours: the protocol's 500 body, never a traceback (Starlette re-raises it
+        # after this answer; the ASGI wrapper logs it).
+        error = ServingError(f"internal error ({type(exc).__name__})")
+        return _response(error_reply(request.url.path, error))
+
     return api
 
 

@@ -81,7 +81,8 @@ def _check_app(app: dict[str, Any], index: int, found: FleetFile) -> None:
                 found.problems.append(
                     f"{where}: holds '{spec.name}'; a model's application is named after it"
                 )
-            if app.get("route_prefix") is not None:
+            # Left out, Serve's route_prefix is "/", the ingress application's own.
+            if "route_prefix" not in app or app["route_prefix"] is not None:
                 found.problems.append(
                     f"{where}: route_prefix must be null (the ingress application reaches it)"
                 )

@@ -17,6 +17,8 @@ from serve_app.protocols import openai
 
 OPENAI_PATHS = ("/v1/completions", "/v1/embeddings", "/v1/models")
 JSON = "application/json"
+# A Content-Length of more digits is over any limit (and int() of 5,000 digits fails).
+MAX_LENGTH_DIGITS = 18
 
 
 @dataclass
@@ -67,9 +69,9 @@ async def read_body(receive: Any, declared: str | None, limit: int, budget: Body
     ingress's ``budget``. The caller gives the body's size back to the budget when done."""
     if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise InvalidInput(f"header Content-Length must be a byte count, got '{declared[:32]}'")
-    if declared is not None and int(declared) > limit:
+    if declared is not None and (len(declared) > MAX_LENGTH_DIGITS or int(declared) > limit):
         raise PayloadTooLarge(
-            f"request body of {declared} bytes exceeds the limit of {limit} bytes"
+            f"request body of {_brief(declared)} bytes exceeds the limit of {limit} bytes"
         )
     chunks: list[bytes] = []
     size = 0
@@ -89,3 +91,7 @@ async def read_body(receive: Any, declared: str | None, limit: int, budget: Body
     except BaseException:
         budget.give(size)
         raise
+
+
+def _brief(text: str) -> str:
+    return text if len(text) <= 32 else text[:32] + "..."

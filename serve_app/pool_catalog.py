@@ -76,16 +76,18 @@ class PoolCatalog:
 
     async def _refresh(self, max_age: float) -> None:
         now = time.monotonic()
-        stale = [name for name, p in self.pools.items() if now - p.listed_at >= max_age]
+        stale = [(name, p) for name, p in self.pools.items() if now - p.listed_at >= max_age]
         listings = await asyncio.gather(
-            *(self._list(self.pools[name]) for name in stale), return_exceptions=True
+            *(self._list(pool) for _, pool in stale), return_exceptions=True
         )
-        for name, listed in zip(stale, listings):
+        for (name, pool), listed in zip(stale, listings):
+            if self.pools.get(name) is not pool:
+                continue  # the pool was removed (or replaced) while it was being listed
             if isinstance(listed, BaseException):
                 logger.warning("cannot list the models of pool '%s': %s", name, listed)
                 continue
-            self.pools[name].models = set(listed)
-            self.pools[name].listed_at = time.monotonic()
+            pool.models = set(listed)
+            pool.listed_at = time.monotonic()
         self.rebuild()
 
     async def _list(self, pool: PoolView) -> list[str]:

@@ -11,6 +11,8 @@ PREDICT, CLASSIFY, REGRESS = "predict", "classify", "regress"
 # Outputs whose names start with this are for protocol adapters (token counts, finish
 # reasons); TF Serving and V2 answers leave them out unless asked for by name.
 INTERNAL_PREFIX = "_"
+# Versions are int64 in every protocol: at most 18 digits always fit.
+MAX_VERSION_DIGITS = 18
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -119,7 +120,12 @@ def _timeout(deadline: str | None, settings: Settings) -> float:
     REST header is), or the default when it has none."""
     if deadline is None:
         return settings.request_timeout_s
-    remaining = float(deadline) - time.time()
+    try:
+        remaining = float(deadline) - time.time()
+    except ValueError:  # set by our proxy hook; a client's own value is dropped there
+        return settings.request_timeout_s
+    if math.isnan(remaining):
+        return settings.request_timeout_s
     if remaining <= 0:
         raise DeadlineExceeded("the call's gRPC deadline had passed when it reached the ingress")
     return effective_timeout(repr(remaining), settings)

@@ -16,7 +16,7 @@ import numpy as np
 
 from serve_app.dtypes import first_misfit, number_text, value_range
 from serve_app.errors import InvalidInput
-from serve_app.request import PredictRequest
+from serve_app.request import MAX_VERSION_DIGITS, PredictRequest
 
 # TF Serving matches these paths case-insensitively (http_rest_api_util.cc); its RE2 ``\d``
 # is ASCII, while Python's would take any Unicode digit ("٣"), so the class is spelled out.
@@ -27,7 +27,6 @@ _MODEL_PATH = re.compile(
     re.IGNORECASE,
 )
 # Versions are int64: 18 digits always fit (and int() of thousands of digits would raise).
-MAX_VERSION_DIGITS = 18
 # Deeper JSON than any tensor's rank (numpy 1 allows 32 dimensions) is refused before any
 # recursion or numpy sees it.
 MAX_DEPTH = 32

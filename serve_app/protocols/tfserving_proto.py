@@ -39,6 +39,7 @@ SignatureDefMapProto = protos.message("tensorflow.serving.SignatureDefMap")
 TensorProto = protos.message("tensorflow.TensorProto")
 
 DEFAULT_SIGNATURE = "serving_default"
+OBJECT_ITEM_BYTES = 8  # a decoded DT_STRING element: one pointer in a numpy object array
 SIGNATURE_DEF = "signature_def"  # the one metadata field TF Serving answers
 # MultiInference task methods (signature_constants.h).
 TASK_METHODS = {"tensorflow/serving/classify": CLASSIFY, "tensorflow/serving/regress": REGRESS}
@@ -129,7 +130,8 @@ def decode_tensor(proto: Any, name: str, max_bytes: int) -> np.ndarray:
     if any(size < 0 for size in shape):
         raise InvalidInput(f"input '{name}' has shape {shape}; sizes must not be negative")
     count = math.prod(shape)
-    size = count * (1 if dtype.kind == "O" else dtype.itemsize)
+    # A string element costs at least its pointer once decoded, whatever its length.
+    size = count * (OBJECT_ITEM_BYTES if dtype.kind == "O" else dtype.itemsize)
     if size > max_bytes:
         raise PayloadTooLarge(
             f"input '{name}' of shape {shape} holds {size} bytes, over the limit"
@@ -144,7 +146,7 @@ def decode_tensor(proto: Any, name: str, max_bytes: int) -> np.ndarray:
                 f" shape {shape} of {dtype_name} needs {size}"
             )
         little = dtype.newbyteorder("<")
-        return np.frombuffer(proto.tensor_content, little).astype(dtype).reshape(shape)
+        return _reshape(np.frombuffer(proto.tensor_content, little).astype(dtype), shape, name)
     values = getattr(proto, field)
     if len(values) > count:
         raise InvalidInput(
@@ -159,7 +161,16 @@ def decode_tensor(proto: Any, name: str, max_bytes: int) -> np.ndarray:
         last = flat[-1] if len(flat) else (b"" if dtype.kind == "O" else dtype.type(0))
         padding = np.full(count - len(flat), last, dtype=dtype)
         flat = np.concatenate([flat, padding]) if len(flat) else padding
-    return flat.reshape(shape)
+    return _reshape(flat, shape, name)
+
+
+def _reshape(flat: np.ndarray, shape: list[int], name: str) -> np.ndarray:
+    try:
+        return flat.reshape(shape)
+    except ValueError as exc:  # a zero dimension beside ones whose product passes 2^63
+        raise InvalidInput(
+            f"input '{name}' has shape {shape}, which cannot be made: {exc}"
+        ) from None
 
 
 def _typed_values(values: np.ndarray, dtype: np.dtype, dtype_name: str, name: str) -> np.ndarray:

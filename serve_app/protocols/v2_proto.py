@@ -21,7 +21,7 @@ from serve_app.dtypes import V2_DATATYPES, first_misfit_array, numpy_dtype, out_
 from serve_app.errors import InvalidInput
 from serve_app.protocols import protos, v2
 from serve_app.protocols.tfserving_proto import parse
-from serve_app.request import PredictRequest
+from serve_app.request import MAX_VERSION_DIGITS, PredictRequest
 
 ModelInferRequestProto = protos.message("inference.ModelInferRequest")
 ModelInferResponseProto = protos.message("inference.ModelInferResponse")
@@ -33,7 +33,6 @@ ServerLiveResponseProto = protos.message("inference.ServerLiveResponse")
 ServerReadyResponseProto = protos.message("inference.ServerReadyResponse")
 ServerMetadataResponseProto = protos.message("inference.ServerMetadataResponse")
 
-MAX_VERSION_DIGITS = 18  # versions are int64: 18 digits always fit
 # The typed field of ``InferTensorContents`` for each datatype, and that field's dtype. FP16
 # and BF16 have none: they travel in raw_input_contents only.
 _CONTENTS: dict[str, tuple[str, np.dtype]] = {
@@ -132,7 +131,7 @@ def _decode_tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
                 f"input '{name}': contents must not be given when the request uses"
                 " raw_input_contents"
             )
-        return v2._from_binary(raw, datatype, count, name).reshape(shape)
+        return v2._reshape(v2._from_binary(raw, datatype, count, name), shape, name)
     if datatype not in _CONTENTS:
         raise InvalidInput(
             f"input '{name}': {datatype} data travels in raw_input_contents"
@@ -148,13 +147,13 @@ def _decode_tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = list(values)
-        return array.reshape(shape)
+        return v2._reshape(array, shape, name)
     array = np.array(values, dtype=field_dtype)
     dtype = numpy_dtype(datatype)
     misfit = first_misfit_array(array, dtype)
     if misfit is not None:
         raise InvalidInput(out_of_range(name, misfit, dtype, datatype))
-    return array.astype(dtype, copy=False).reshape(shape)
+    return v2._reshape(array.astype(dtype, copy=False), shape, name)
 
 
 def _parameter(key: str, value: Any) -> Any:

@@ -12,6 +12,7 @@ from serve_app.dataplane import CallContext, DataPlane
 from serve_app.errors import InvalidInput, NotFound
 from serve_app.http import Reply, json_reply
 from serve_app.protocols import v2
+from serve_app.request import MAX_VERSION_DIGITS
 
 SERVER_NAME = "serve-app"
 EXTENSIONS = ["binary_tensor_data", "statistics"]
@@ -71,10 +72,6 @@ async def infer(
     return Reply(
         content, media_type="application/octet-stream", headers={v2.HEADER_LENGTH: str(json_length)}
     )
-
-
-# Versions are int64 in both protocols: at most 18 digits always fit.
-MAX_VERSION_DIGITS = 18
 
 
 def parse_version(text: str) -> int:

@@ -15,7 +15,7 @@ what kube-apiserver does for every list of a CRD schema without list-type marker
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 Path = tuple[str, ...]
@@ -173,7 +173,7 @@ def _entry(manager: str, operation: str, obj: dict[str, Any], paths: set[Path]) 
         "manager": manager,
         "operation": operation,
         "apiVersion": obj.get("apiVersion", ""),
-        "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "fieldsType": "FieldsV1",
         "fieldsV1": _fields_v1(paths),
     }

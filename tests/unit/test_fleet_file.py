@@ -50,6 +50,10 @@ def _broken(change) -> list[str]:
             lambda apps, doc: apps["minilm"].update(route_prefix="/minilm"),
             "route_prefix must be null",
         ),
+        (  # left out, Serve would route "/" to it: the ingress's prefix
+            lambda apps, doc: apps["minilm"].pop("route_prefix"),
+            "route_prefix must be null",
+        ),
         (
             lambda apps, doc: apps["tiny-gpt2"]["args"].update(name="minilm"),
             "model or pool name 'minilm' is used 2 times",

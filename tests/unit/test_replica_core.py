@@ -99,3 +99,32 @@ def test_an_item_past_its_deadline_is_not_run() -> None:
     done, late = asyncio.run(scenario())
     assert done["y"].tolist() == [2.0]
     assert isinstance(late, DeadlineExceeded)
+
+
+class ScalarWhenBatched:
+    """Answers one row well, but a batch of rows with a scalar (an output that cannot be cut
+    back into per-item outputs)."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def infer(
+        self, signature: str, inputs: dict, parameters: dict, stop: Any = None
+    ) -> dict[str, np.ndarray]:
+        self.calls.append(len(inputs["x"]))
+        if len(inputs["x"]) > 1:
+            return {"y": np.float32(inputs["x"].sum())}
+        return {"y": inputs["x"] * 2}
+
+
+def test_outputs_that_cannot_be_split_fail_the_call_and_each_item_is_retried_alone() -> None:
+    async def scenario() -> list[Any]:
+        model = ScalarWhenBatched()
+        core = ReplicaCore("m", 8, 0.0)
+        host = Host(model)
+        results = await core._run_batch([_item(host, v) for v in (1.0, 2.0)])
+        assert model.calls == [2, 1, 1]
+        return results
+
+    first, second = asyncio.run(scenario())
+    assert first["y"].tolist() == [2.0] and second["y"].tolist() == [4.0]

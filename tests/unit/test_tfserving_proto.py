@@ -104,6 +104,12 @@ def test_typed_values_are_read_and_padded_with_the_last_one_as_tensorflow_does()
         (lambda: TensorProto(dtype=1, tensor_shape={"dim": [{"size": -1}]}), "negat"),
         (
             lambda: TensorProto(
+                dtype=1, tensor_shape={"dim": [{"size": 0}, {"size": 2**62}, {"size": 2**62}]}
+            ),
+            "cannot be made",
+        ),
+        (
+            lambda: TensorProto(
                 dtype=1, tensor_shape={"dim": [{"size": 3}]}, tensor_content=b"\0" * 8
             ),
             "tensor_content has 8 bytes",
@@ -115,7 +121,15 @@ def test_typed_values_are_read_and_padded_with_the_last_one_as_tensorflow_does()
             "value 300, out of range for DT_INT8",
         ),
     ],
-    ids=["too-many-values", "dtype", "unknown-rank", "negative-dim", "content-size", "range"],
+    ids=[
+        "too-many-values",
+        "dtype",
+        "unknown-rank",
+        "negative-dim",
+        "unmakeable-shape",
+        "content-size",
+        "range",
+    ],
 )
 def test_bad_tensors_are_refused_naming_the_input(build, fragment: str) -> None:
     with pytest.raises(InvalidInput, match=fragment) as info:
@@ -127,6 +141,10 @@ def test_a_shape_larger_than_the_limit_is_refused_before_it_is_filled() -> None:
     proto = TensorProto(dtype=1, tensor_shape={"dim": [{"size": 10**9}]}, float_val=[1.0])
     with pytest.raises(PayloadTooLarge, match="max_request_bytes"):
         decode(proto)
+    # One short string padded to many: each decoded element costs a pointer (8 bytes).
+    strings = TensorProto(dtype=7, tensor_shape={"dim": [{"size": 10**7}]}, string_val=[b"a"])
+    with pytest.raises(PayloadTooLarge, match="80000000 bytes"):
+        decode(strings)
 
 
 @pytest.mark.parametrize(
