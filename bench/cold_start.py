@@ -7,8 +7,9 @@ Serves the default fleet's ingress with two models copied from ``serve_config.ya
 that scale to zero after 1 s idle (``autoscaling: {min_replicas: 0, max_replicas: 1,
 downscale_to_zero_delay_s: 1}``), with ``serve run`` and the fast-path environment on port
 8010. For each round it waits until the ingress sees the model at zero replicas
-(``GET /fleet``), then times one request (V2 infer; deadline 180 s): the replica's start,
-its imports and model load, and the answer. Writes ``bench/results/cold_start.json``.
+(``GET /fleet``, for longer than that view may be old), then times one request (V2 infer;
+deadline 180 s): the replica's start, its imports and model load, and the answer. Writes
+``bench/results/cold_start.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from serve_app.fast_path import FAST_PATH_ENV
 PORT = 8010
 URL = f"http://127.0.0.1:{PORT}"
 MODELS = {"digits": "cold-digits", "minilm": "cold-minilm"}
+FLEET_VIEW_S = 6.0  # longer than the ingress's view of Serve may be old (/fleet, 5 s)
 AUTOSCALING = {
     "min_replicas": 0,
     "max_replicas": 1,
@@ -85,6 +87,27 @@ def running_replicas(name: str) -> int | None:
     return None
 
 
+def at_zero(name: str) -> None:
+    """Return once ``name`` has been at zero replicas for a while.
+
+    The ingress reads Serve's view at most every 5 s (``/fleet``): zero counts once every
+    reading for ``FLEET_VIEW_S`` (longer than that) has said so, starting after the downscale
+    delay has passed since the last request.
+    """
+    time.sleep(AUTOSCALING["downscale_to_zero_delay_s"] + FLEET_VIEW_S)
+    deadline = time.monotonic() + 300
+    since: float | None = None
+    while time.monotonic() < deadline:
+        if running_replicas(name) == 0:
+            since = since or time.monotonic()
+            if time.monotonic() - since >= FLEET_VIEW_S:
+                return
+        else:
+            since = None
+        time.sleep(0.5)
+    raise RuntimeError(f"timed out waiting for {name} to scale to zero")
+
+
 def wait(what: str, check: Any, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -118,8 +141,7 @@ def measure(rounds: int) -> dict[str, Any]:
             warm.append(time.monotonic() - started)
         cold = []
         for round_ in range(rounds):
-            wait(f"{name} to scale to zero", lambda n=name: running_replicas(n) == 0, 300)
-            time.sleep(2)  # past the zero: the replica's process is gone
+            at_zero(name)
             started = time.monotonic()
             answer = infer(source, name)
             cold.append(time.monotonic() - started)
