@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import resource
 import subprocess
@@ -30,6 +29,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.loadgen import check_loopback_host
 
 CALL_TIMEOUT_S = 30  # a call unanswered this long counts as a DEADLINE_EXCEEDED error
 MARKER = "BENCH_JSON "
@@ -74,13 +75,7 @@ def infer_request(model: str, inputs: dict[str, Any], version: str = "") -> byte
 
 def check_loopback(target: str) -> None:
     """Refuse any target that is not this machine's loopback."""
-    host = target.rsplit(":", 1)[0].strip("[]")
-    try:
-        ok = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"refusing to load a non-loopback host: {host!r}")
+    check_loopback_host(target.rsplit(":", 1)[0].strip("[]"))
 
 
 def run(request: Request, concurrency: int, duration_s: float, channels: int = 1) -> dict[str, Any]:

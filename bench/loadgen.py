@@ -90,7 +90,11 @@ class Request:
 
 def check_loopback(url: str) -> None:
     """Refuse any target that is not this machine's loopback."""
-    host = urlparse(url).hostname or ""
+    check_loopback_host(urlparse(url).hostname or "")
+
+
+def check_loopback_host(host: str) -> None:
+    """Refuse any host that is not this machine's loopback (a name, IPv4 or IPv6 address)."""
     try:
         ok = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -48,6 +48,24 @@ class OverloadAnswer:
     retry_after_s: int | None = 1
 
 
+def call_error(exc: Exception, model: str, overload: OverloadAnswer) -> ServingError | None:
+    """What a client gets for a model call that raised ``exc`` (Serve's and Ray's errors, or
+    our own); ``None`` for anything else (a bug)."""
+    if isinstance(exc, ServingError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return Overloaded(
+            f"model '{model}' is overloaded: {exc.message} Retry later.",
+            overload.status_code,
+            overload.retry_after_s,
+        )
+    if isinstance(exc, RayActorError):
+        return ModelUnavailable(f"the model's replica died ({type(exc).__name__})")
+    if isinstance(exc, DeploymentUnavailableError):  # Serve knew it failed before our view
+        return ModelUnavailable(f"model '{model}' failed to deploy (see its status)")
+    return None
+
+
 @dataclass
 class _Waiting:
     request: PredictRequest
@@ -174,22 +192,13 @@ class Coalescer:
             error: ServingError = ServingError(
                 f"model '{self.model}' answered {len(answers)} of {len(batch)} requests"
             )
-        except ServingError as exc:
-            error = exc
-        except BackPressureError as exc:
-            error = Overloaded(
-                f"model '{self.model}' is overloaded: {exc.message} Retry later.",
-                self.overload.status_code,
-                self.overload.retry_after_s,
-            )
-        except RayActorError as exc:
-            error = ModelUnavailable(f"the model's replica died ({type(exc).__name__})")
-        except DeploymentUnavailableError:  # Serve knows it failed before our view does
-            error = ModelUnavailable(f"model '{self.model}' failed to deploy (see its status)")
         except asyncio.CancelledError:
             # Every caller gave up (or the ingress is stopping): nobody reads these.
             error = ModelUnavailable(f"the call to model '{self.model}' was cancelled")
         except Exception as exc:
-            logger.exception("a call to model '%s' failed", self.model)
-            error = ServingError(f"internal error ({type(exc).__name__})")
+            known = call_error(exc, self.model, self.overload)
+            if known is None:
+                logger.exception("a call to model '%s' failed", self.model)
+                known = ServingError(f"internal error ({type(exc).__name__})")
+            error = known
         return [error] * len(batch)

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.exceptions import DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.coalesce import Coalescer, OverloadAnswer
+from serve_app.coalesce import Coalescer, OverloadAnswer, call_error
 from serve_app.config import (
     MODEL_NAME_PATTERN,
     ConfigError,
@@ -34,7 +33,6 @@ from serve_app.errors import (
     DeadlineExceeded,
     ModelUnavailable,
     NotFound,
-    Overloaded,
     PayloadTooLarge,
     ServingError,
 )
@@ -80,6 +78,7 @@ class DataPlane:
         pool_routes: dict[str, ModelRoute] | None = None,
     ) -> None:
         self.settings = settings
+        self._overload = OverloadAnswer(settings.overload_status, settings.retry_after_s)
         self.handles = {name: handle.options(**PICKLE) for name, handle in handles.items()}
         self.routes = routes
         pools = pools or {}
@@ -286,7 +285,7 @@ class DataPlane:
                 call,
                 max_rows_per_call=route.max_batch_size,
                 max_queued=route.max_queued_requests,
-                overload=OverloadAnswer(self.settings.overload_status, self.settings.retry_after_s),
+                overload=self._overload,
                 replicas=lambda: self.fleet.running_replicas(deployment),
             )
             self._coalescers[name] = coalescer
@@ -359,7 +358,7 @@ class DataPlane:
         """Await a model's answer; 503 if the model fails meanwhile, 504 past the deadline,
         never a hang. Either way the call is cancelled."""
         deployment = self.deployment_of(name)
-        call = asyncio.ensure_future(self._result(deployment, response))
+        call = asyncio.ensure_future(self._result(name, response))
         try:
             while True:
                 wait = 1.0
@@ -374,12 +373,6 @@ class DataPlane:
                     raise DeadlineExceeded.for_model(name)
                 await self.fleet.refresh(max_age=1.0)
                 self.fleet.check(deployment)
-        except BackPressureError as exc:
-            raise Overloaded(
-                f"model '{name}' is overloaded: {exc.message} Retry later.",
-                self.settings.overload_status,
-                self.settings.retry_after_s,
-            ) from None
         except (ModelUnavailable, DeadlineExceeded, asyncio.CancelledError):
             # A call that ended already is not cancelled: Serve's cancel() of a call that
             # could not be assigned raises that error again (DeploymentUnavailableError).
@@ -410,15 +403,16 @@ class DataPlane:
         finally:
             items.cancel()  # the client went away, or the stream failed: stop generating
 
-    async def _result(self, deployment: str, response: Awaitable[Any]) -> Any:
+    async def _result(self, name: str, response: Awaitable[Any]) -> Any:
         try:
             return await response
-        except ServingError:
-            raise
-        except RayActorError as exc:
-            raise ModelUnavailable(f"the model's replica died ({type(exc).__name__})") from None
         except DeploymentUnavailableError:  # Serve knew it failed before our view did
-            raise await self._deploy_failure(deployment) from None
+            raise await self._deploy_failure(self.deployment_of(name)) from None
+        except Exception as exc:
+            error = call_error(exc, name, self._overload)
+            if error is None or error is exc:
+                raise
+            raise error from None
 
     async def _deploy_failure(self, deployment: str) -> ModelUnavailable:
         """The 503 for a deployment Serve reports failed: with the reason Serve recorded

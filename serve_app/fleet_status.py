@@ -24,6 +24,7 @@ from typing import Any
 from ray import serve
 
 from serve_app.errors import ModelUnavailable
+from serve_app.shared_read import SharedRead
 
 logger = logging.getLogger("ray.serve")
 
@@ -103,8 +104,7 @@ class FleetStatus:
         self._stuck = stuck or (lambda now: {})
         self._on_failed = on_failed
         self._on_apps = on_apps
-        self._read_at = float("-inf")
-        self._reading: asyncio.Task | None = None
+        self._reading = SharedRead(self._read_once)
         self._watcher: asyncio.Task | None = None
         self._first_read: asyncio.Event | None = None
 
@@ -125,11 +125,7 @@ class FleetStatus:
     async def refresh(self, max_age: float) -> None:
         """Read Serve's details unless the view is younger than ``max_age`` seconds (one
         read at a time; concurrent callers share it)."""
-        if time.monotonic() - self._read_at < max_age:
-            return
-        if self._reading is None or self._reading.done():
-            self._reading = asyncio.get_running_loop().create_task(self._read_once())
-        await asyncio.shield(self._reading)
+        await self._reading.refresh(max_age)
 
     async def _read_once(self) -> None:
         try:
@@ -140,7 +136,6 @@ class FleetStatus:
                     self._on_apps(apps)
         except Exception:  # the controller may be restarting; keep the last view
             logger.warning("could not read Serve's details", exc_info=True)
-        self._read_at = time.monotonic()
         if self._first_read is not None:
             self._first_read.set()
 

@@ -27,6 +27,7 @@ from serve_app.errors import DeadlineExceeded, ServingError
 from serve_app.fleet_status import ModelHealth
 from serve_app.guard import CallContext
 from serve_app.recent import TRAFFIC, RecentTraffic
+from serve_app.shared_read import SharedRead
 
 logger = logging.getLogger("ray.serve")
 
@@ -57,8 +58,7 @@ class FleetView:
         self.plane = plane
         self.traffic = traffic
         self.reports: dict[str, Report] = {}
-        self._reports_at = float("-inf")
-        self._fetching: asyncio.Task | None = None
+        self._fetching = SharedRead(self._fetch)
 
     async def snapshot(self) -> dict[str, Any]:
         """The status of every model and pool now (reports at most ``REPORT_TTL_S`` old)."""
@@ -141,11 +141,7 @@ class FleetView:
     async def _refresh_reports(self) -> None:
         """Read the reports if they are older than ``REPORT_TTL_S`` (one reading at a time;
         concurrent pages share it)."""
-        if time.monotonic() - self._reports_at < REPORT_TTL_S:
-            return
-        if self._fetching is None or self._fetching.done():
-            self._fetching = asyncio.get_running_loop().create_task(self._fetch())
-        await asyncio.shield(self._fetching)
+        await self._fetching.refresh(REPORT_TTL_S)
 
     async def _fetch(self) -> None:
         plane = self.plane
@@ -165,7 +161,6 @@ class FleetView:
                 self.reports[name] = Report(last.data, error, last.at)
             else:
                 self.reports[name] = Report(data, error, time.time())
-        self._reports_at = time.monotonic()
 
     def _may_sleep(self, name: str) -> bool:
         health = self.plane.fleet.health.get(name)

@@ -82,6 +82,30 @@ def deploy(
     serve.context._get_global_client().deploy_apps(config, _blocking=False)
 
 
+# Autoscaling of a model that goes to zero replicas 1 s after its last request.
+QUICK_SCALE_TO_ZERO = {
+    "min_replicas": 0,
+    "max_replicas": 1,
+    "initial_replicas": 1,
+    "downscale_delay_s": 1,
+    "downscale_to_zero_delay_s": 1,
+}
+
+
+def model_app(name: str, args: dict[str, Any], user_config: dict | None = None) -> dict[str, Any]:
+    """A TensorFlow model's own application (``build_model``, no route prefix), as
+    serve_config.yaml writes one; the fleet's ingress finds and serves it."""
+    application: dict[str, Any] = {
+        "name": name,
+        "route_prefix": None,
+        "import_path": "serve_app.app:build_model",
+        "args": {"name": name, "framework": "tensorflow", **args},
+    }
+    if user_config is not None:
+        application["deployments"] = [{"name": name, "user_config": user_config}]
+    return application
+
+
 def deploy_apps(applications: list[dict[str, Any]], remove: tuple[str, ...] = ()) -> None:
     """Deploy (or change) several applications of any builder in one Serve config, and
     remove others, as editing serve_config.yaml and re-running `serve deploy` does."""

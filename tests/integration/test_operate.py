@@ -20,21 +20,9 @@ from ray import serve
 
 from serve_app.examples import digits_sample
 from tests.helpers import post_many, wait_for
-from tests.integration.conftest import deploy_apps, undeploy
+from tests.integration.conftest import QUICK_SCALE_TO_ZERO, deploy_apps, model_app, undeploy
 
 ROW = digits_sample(1)[0]
-
-
-def _app(name: str, args: dict[str, Any], user_config: dict | None = None) -> dict[str, Any]:
-    application: dict[str, Any] = {
-        "name": name,
-        "route_prefix": None,
-        "import_path": "serve_app.app:build_model",
-        "args": {"name": name, "framework": "tensorflow", **args},
-    }
-    if user_config is not None:
-        application["deployments"] = [{"name": name, "user_config": user_config}]
-    return application
 
 
 def _v2(url: str, model: str) -> requests.Response:
@@ -76,7 +64,7 @@ def test_a_canary_split_moves_in_place_and_rolls_back(
         "traffic": {1: 90, 2: 10},
         "resources": {"num_cpus": 0.1},
     }
-    deploy_apps([_app(name, args)])
+    deploy_apps([model_app(name, args)])
     wait_for(lambda: _v2(url, name).status_code == 200, 240, "the canary model to answer")
     pid = _replicas(name)[0]["pid"]
 
@@ -94,7 +82,7 @@ def test_a_canary_split_moves_in_place_and_rolls_back(
     assert report["1"]["requests"] >= versions["1"] and report["1"]["p50_ms"] is not None
 
     # Roll back at once: the weights travel as user_config, applied without a restart.
-    deploy_apps([_app(name, args, user_config={"traffic": {1: 100, 2: 0}})])
+    deploy_apps([model_app(name, args, user_config={"traffic": {1: 100, 2: 0}})])
 
     def rolled_back() -> bool:
         answers = post_many(f"{url}/v2/models/{name}/infer", bodies[:60], concurrency=8)
@@ -114,13 +102,7 @@ def test_a_model_scaled_to_zero_answers_its_next_request(
     args = {
         "uri": str(model_repo / "digits"),
         "resources": {"num_cpus": 0.1},
-        "autoscaling": {
-            "min_replicas": 0,
-            "max_replicas": 1,
-            "initial_replicas": 1,
-            "downscale_delay_s": 1,
-            "downscale_to_zero_delay_s": 1,
-        },
+        "autoscaling": QUICK_SCALE_TO_ZERO,
     }
     ingress = {
         "name": "zero",
@@ -128,7 +110,7 @@ def test_a_model_scaled_to_zero_answers_its_next_request(
         "import_path": "serve_app.app:build_ingress",
         "args": {},
     }
-    deploy_apps([ingress, _app(name, args)])
+    deploy_apps([ingress, model_app(name, args)])
     wait_for(lambda: _v2(url, name).status_code == 200, 240, "the model to answer")
     assert requests.get(f"{url}/v2/health/ready", timeout=60).status_code == 200
     wait_for(lambda: not _replicas(name), 180, "the idle model to go to zero replicas")
@@ -157,7 +139,7 @@ def test_a_resource_preserving_swap_frees_the_old_version_first_and_drops_nothin
         "poll_interval_s": 1,
         "resources": {"num_cpus": 0.1},
     }
-    deploy_apps([_app(name, args)])
+    deploy_apps([model_app(name, args)])
     wait_for(lambda: _v2(url, name).status_code == 200, 240, "the model to answer")
     pid = _replicas(name)[0]["pid"]
 
@@ -197,7 +179,9 @@ def test_a_model_that_cannot_be_placed_answers_503_with_the_reason(
     what it asked for and what the cluster has, not a hang; the other models answer."""
     url, name = fleet["url"], "too-big"
     cleanup.append(name)
-    deploy_apps([_app(name, {"uri": str(model_repo / "digits"), "resources": {"num_cpus": 512}})])
+    deploy_apps(
+        [model_app(name, {"uri": str(model_repo / "digits"), "resources": {"num_cpus": 512}})]
+    )
 
     def refused() -> str | None:
         answer = _v2(url, name)

@@ -18,7 +18,7 @@ from ray import serve
 from serve_app import status_page
 from serve_app.examples import digits_sample
 from tests.helpers import wait_for
-from tests.integration.conftest import deploy_apps, undeploy
+from tests.integration.conftest import QUICK_SCALE_TO_ZERO, deploy_apps, model_app, undeploy
 
 pytestmark = pytest.mark.integration
 
@@ -114,24 +114,14 @@ def guarded(fleet: dict, model_repo: Path):
         "import_path": "serve_app.app:build_ingress",
         "args": {"auth_tokens": [TOKEN]},
     }
-    sleepy = {
-        "name": SLEEPY,
-        "route_prefix": None,
-        "import_path": "serve_app.app:build_model",
-        "args": {
-            "name": SLEEPY,
-            "framework": "tensorflow",
+    sleepy = model_app(
+        SLEEPY,
+        {
             "uri": str(model_repo / "digits"),
             "resources": {"num_cpus": 0.1},
-            "autoscaling": {
-                "min_replicas": 0,
-                "max_replicas": 1,
-                "initial_replicas": 1,
-                "downscale_delay_s": 1,
-                "downscale_to_zero_delay_s": 1,
-            },
+            "autoscaling": QUICK_SCALE_TO_ZERO,
         },
-    }
+    )
     deploy_apps([ingress, sleepy])
     url = f"{fleet['url']}/{APP}"
     try:
