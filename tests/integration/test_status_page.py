@@ -17,6 +17,7 @@ from ray import serve
 
 from serve_app import status_page
 from serve_app.examples import digits_sample
+from serve_app.fleet_view import REPORT_TTL_S
 from tests.helpers import wait_for
 from tests.integration.conftest import QUICK_SCALE_TO_ZERO, deploy_apps, model_app, undeploy
 
@@ -151,6 +152,12 @@ def test_a_model_at_zero_replicas_shows_so_and_the_page_does_not_wake_it(
     guarded: str,
 ) -> None:
     wait_for(lambda: not _replicas(SLEEPY), 180, "the idle model to go to zero replicas")
+    # The page reads Serve's view at most every REPORT_TTL_S: it may lag Serve by that much.
+    wait_for(
+        lambda: entry(fleet_json(guarded, AUTH), SLEEPY)["state"] == "scaled to zero",
+        3 * REPORT_TTL_S,
+        "the page to show the model at zero replicas",
+    )
     seen = []
     for _ in range(3):
         sleepy = entry(fleet_json(guarded, AUTH), SLEEPY)
