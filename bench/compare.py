@@ -279,6 +279,8 @@ def run_server(
     grpc_endpoints = server.grpc_endpoints(model) if args.grpc_concurrency else []
     result["requests"] = {e.label: request_record(server, e) for e in [*endpoints, *grpc_endpoints]}
     reason = server.unavailable()
+    if model not in server.models:
+        reason = f"serves {', '.join(server.models)} only"
     busy = [port for port in server.ports() if port_in_use(port)]
     if reason or busy:
         result.update(status="skipped", reason=reason or f"port(s) in use: {busy}")
@@ -360,6 +362,53 @@ def add_ratios(model_result: dict[str, Any]) -> None:
         point["vs_best_peer"] = point["rps"] / max(peers) if peers else None
         if point["concurrency"] == 1 and limit.get("batch1_p50_ms") is not None:
             point["p50_minus_inprocess_ms"] = point["latency_ms"]["p50"] - limit["batch1_p50_ms"]
+
+
+# A model measured against another model's servers in the same run: ONNX MiniLM against the
+# peers serving the torch MiniLM; the Python-wrapped digits against the built-in digits.
+AGAINST = {"minilm-onnx": ("minilm", "vs_torch_peer"), "digits-python": ("digits", "vs_builtin")}
+
+
+def add_cross_ratios(results: dict[str, Any]) -> None:
+    """For ``AGAINST``'s models, each of our points / the other model's best peer (ONNX) or our
+    own point on the same endpoint kind (Python digits), at the same concurrency; and the
+    server CPU per request over it."""
+    for model, (other, key) in AGAINST.items():
+        if model not in results["models"] or other not in results["models"]:
+            continue
+        theirs = [
+            (server["server"], entry["protocol"], point)
+            for server in results["models"][other]["servers"]
+            for entry in server.get("endpoints", {}).values()
+            for point in entry.get("points", [])
+            if point.get("ok")
+        ]
+        for server in results["models"][model]["servers"]:
+            for entry in server.get("endpoints", {}).values():
+                for point in entry.get("points", []):
+                    if not point.get("ok"):
+                        continue
+                    same_c = [
+                        (n, pr, p)
+                        for n, pr, p in theirs
+                        if p["concurrency"] == point["concurrency"]
+                    ]
+                    if key == "vs_torch_peer":
+                        peers = [p for n, _, p in same_c if n in PEERS]
+                    else:
+                        peers = [
+                            p
+                            for n, pr, p in same_c
+                            if n == server["server"] and pr == entry["protocol"]
+                        ]
+                    if not peers:
+                        continue
+                    best = max(peers, key=lambda p: p["rps"])
+                    point[key] = point["rps"] / best["rps"]
+                    if "cpu_ms_per_request" in point and "cpu_ms_per_request" in best:
+                        point[f"cpu_ms_per_request_over_{other}"] = (
+                            point["cpu_ms_per_request"] - best["cpu_ms_per_request"]
+                        )
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -445,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             model_result["servers"].append(server_result)
         add_ratios(model_result)
         results["models"][model] = model_result
+    add_cross_ratios(results)
     results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

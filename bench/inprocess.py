@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.models import MODELS, load, sample_batch
+from bench.models import MODELS, ONNX_THREADS, kind, load, sample_batch
 
 DEFAULT_BATCH_SIZES = (1, 8, 16, 32, 64)
 MIN_CALLS = 5
@@ -35,7 +35,11 @@ def percentile(values: list[float], q: float) -> float:
 
 def frameworks(name: str) -> dict[str, Any]:
     """Framework versions and the intra-op threads they use in this process."""
-    if name == "digits":
+    if name == "minilm-onnx":
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__, "intra_op_threads": ONNX_THREADS}
+    if kind(name) == "digits":
         import tensorflow as tf
 
         return {

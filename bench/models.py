@@ -10,6 +10,13 @@ limit load the same files from ``model_repository`` and compute the same outputs
 * ``minilm``: all-MiniLM-L6-v2 (``AutoModel`` + ``AutoTokenizer``, safetensors only); input
   one sentence per row, output the attention-mask mean-pooled, L2-normalised 384-d
   ``embeddings`` in float32 (as ``TransformersModel._embed`` in ``deployments/transformers.py``).
+* ``minilm-onnx``: the same model exported to ONNX (``model_repository/minilm-onnx``), run by
+  ONNX Runtime with the ``tokenizers`` tokenizer and the same pooling (as
+  ``deployments/onnx.py``), with the intra-op threads the served model gets.
+* ``digits-python``: the digits model wrapped as a Python model (``bench/python_digits.py``,
+  a trivial ``preprocess``); in-process it is the digits model itself.
+
+Each model is of a kind (``digits`` or ``minilm``): the kind fixes its requests and answers.
 
 Only numpy is imported at module level: the peers' apps import this file in their own
 virtual environments (PyTriton under Debian's Python), and the orchestrator imports it for
@@ -24,7 +31,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-MODELS = ("digits", "minilm")
+MODELS = ("digits", "minilm", "minilm-onnx", "digits-python")
+# The kind of each model: which requests it takes and which answers it gives.
+KINDS = {"digits": "digits", "minilm": "minilm", "minilm-onnx": "minilm", "digits-python": "digits"}
+# The served ONNX model's intra-op threads (its OMP_NUM_THREADS in serve_config.yaml).
+ONNX_THREADS = 2
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"
 
@@ -42,9 +53,17 @@ DIGIT_ROW: list[float] = [
 # One minilm instance: an ordinary sentence (13 tokens with [CLS] and [SEP]).
 SENTENCE = "A load test sends this sentence to every server again and again."
 
-INPUT_NAMES = {"digits": "pixels", "minilm": "text"}
-OUTPUT_NAMES = {"digits": "probabilities", "minilm": "embeddings"}
-OUTPUT_WIDTH = {"digits": 10, "minilm": 384}
+_INPUT_NAMES = {"digits": "pixels", "minilm": "text"}
+_OUTPUT_NAMES = {"digits": "probabilities", "minilm": "embeddings"}
+_OUTPUT_WIDTH = {"digits": 10, "minilm": 384}
+INPUT_NAMES = {model: _INPUT_NAMES[kind] for model, kind in KINDS.items()}
+OUTPUT_NAMES = {model: _OUTPUT_NAMES[kind] for model, kind in KINDS.items()}
+OUTPUT_WIDTH = {model: _OUTPUT_WIDTH[kind] for model, kind in KINDS.items()}
+
+
+def kind(model: str) -> str:
+    """``digits`` or ``minilm``: the requests a benchmark model takes."""
+    return KINDS[model]
 
 
 class BenchModel(Protocol):
@@ -122,17 +141,56 @@ class MiniLMModel:
             return torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
 
 
+class OnnxMiniLMModel:
+    """all-MiniLM-L6-v2 as ONNX in an ONNX Runtime session: ``tokenizers``, mean pooling and
+    L2 normalisation in numpy, ``ONNX_THREADS`` intra-op threads (as served)."""
+
+    name = "minilm-onnx"
+
+    def __init__(self, path: Path | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.path = path or model_dir("minilm-onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = ONNX_THREADS
+        self._session = ort.InferenceSession(
+            str(self.path / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        self._tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        self._tokenizer.enable_truncation(512)
+        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    def predict(self, batch: Any) -> np.ndarray:
+        """Embeddings ``(n, 384)`` of ``n`` sentences (str or UTF-8 bytes)."""
+        texts = [t.decode() if isinstance(t, bytes) else str(t) for t in batch]
+        encodings = self._tokenizer.encode_batch(texts)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": mask,
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        (hidden,) = self._session.run(None, feeds)
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return (pooled / norms).astype(np.float32)
+
+
 def load(name: str, path: Path | None = None) -> BenchModel:
-    """Load benchmark model ``name`` (``digits`` or ``minilm``)."""
-    if name == "digits":
+    """Load benchmark model ``name`` (one of ``MODELS``)."""
+    if name in ("digits", "digits-python"):
         return DigitsModel(path)
     if name == "minilm":
         return MiniLMModel(path)
+    if name == "minilm-onnx":
+        return OnnxMiniLMModel(path)
     raise ValueError(f"unknown benchmark model {name!r}; choose from {', '.join(MODELS)}")
 
 
 def sample_batch(name: str, rows: int) -> Any:
     """``rows`` copies of the benchmark's one instance, in the form ``predict`` takes."""
-    if name == "digits":
+    if kind(name) == "digits":
         return np.tile(np.asarray(DIGIT_ROW, dtype=np.float32), (rows, 1))
     return [SENTENCE] * rows

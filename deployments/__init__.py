@@ -1,1 +1,2 @@
-"""Model deployments: one module per framework, all behind ``deployments.base.ModelDeployment``."""
+"""Model replicas: one framework per module (``deployments/registry.py``), all served by the
+one deployment class ``deployments.replica.ModelReplica``."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from deployments.batcher import DynamicBatcher
 from deployments.batching import BatchItem, concat_inputs, group_compatible, split_outputs
-from deployments.host import ModelHost, Pending
+from deployments.host import ModelHost, Pending, Staged
 from serve_app import metrics
 from serve_app.errors import DeadlineExceeded, ServingError
 from serve_app.request import PredictRequest
@@ -40,6 +40,9 @@ class ReplicaCore:
         self.name = name
         # One thread: model calls run off the event loop, one batch at a time.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-infer")
+        # A model's own pre- and post-processing (Python models), off the event loop and off
+        # the inference thread, one trip per handle call.
+        self.hooks = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-hooks")
         self.batcher: DynamicBatcher[BatchItem] = DynamicBatcher(
             self._run_batch, _rows_of, max_batch_size, batch_wait_timeout_s
         )
@@ -62,7 +65,7 @@ class ReplicaCore:
         self.calls += 1
         self.requests += len(requests)
         self.ongoing += len(requests)
-        begun: list[Pending | ServingError] = []
+        begun: list[Pending | Staged | ServingError] = []
         started = time.monotonic()
         try:
             if host.swap_gap is not None:  # resource-preserving swap: wait for the new version
@@ -70,10 +73,24 @@ class ReplicaCore:
             now = time.time()
             for request in requests:
                 begun.append(self._begin(host, request, now))
+            staged = [i for i, b in enumerate(begun) if isinstance(b, Staged)]
+            if staged:  # the model prepares these itself, off the event loop
+                raws = await host.preprocess([begun[i] for i in staged], self.hooks)
+                for i, raw in zip(staged, raws):
+                    begun[i] = host.queue(begun[i], raw, self.enqueue)
             futures = [f for p in begun if isinstance(p, Pending) for f in p.futures]
             if futures:
                 await asyncio.wait(futures)
-            answers = [p if isinstance(p, ServingError) else host.finish(p) for p in begun]
+            answers = [p if isinstance(p, ServingError) else host.answer(p) for p in begun]
+            post = [
+                i
+                for i, (p, a) in enumerate(zip(begun, answers))
+                if isinstance(p, Pending) and p.postprocess and not isinstance(a, ServingError)
+            ]
+            if post:  # the model answers these as JSON rows, off the event loop
+                rows = await host.postprocess([(begun[i], answers[i]) for i in post], self.hooks)
+                for i, answer in zip(post, rows):
+                    answers[i] = answer
             elapsed = time.monotonic() - started
             for pending, answer in zip(begun, answers):
                 if isinstance(pending, Pending):
@@ -82,13 +99,13 @@ class ReplicaCore:
             return answers
         finally:
             self.ongoing -= len(requests)
-            for pending in begun:  # cancelled call: drop what is still queued, free versions
-                if isinstance(pending, Pending) and not pending.finished:
-                    host.abandon(pending)
+            for pending in begun:  # drop what is still queued (a cancelled call), free versions
+                if not isinstance(pending, ServingError):
+                    host.release(pending)
 
     def _begin(
         self, host: ModelHost, request: PredictRequest, now: float
-    ) -> Pending | ServingError:
+    ) -> Pending | Staged | ServingError:
         if request.deadline is not None and now >= request.deadline:
             return DeadlineExceeded.for_model(host.name)
         try:

@@ -248,6 +248,16 @@ def ray_placement() -> dict[str, Any]:
 _configured: dict[str, tuple[Any, DeviceInfo]] = {}
 
 
+def configure_once(
+    framework: str, setup: Callable[[], tuple[Any, DeviceInfo]]
+) -> tuple[Any, DeviceInfo]:
+    """``setup()`` for a framework, run once per process (a replica is one process; its
+    later versions reuse the first setup); its result is reported by ``placement_report``."""
+    if framework not in _configured:
+        _configured[framework] = setup()
+    return _configured[framework]
+
+
 def placement_report() -> dict[str, Any]:
     """``model_stats``'s ``placement``: Ray's assignment and the device the model runs on."""
     report = ray_placement()

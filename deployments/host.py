@@ -35,13 +35,19 @@ from deployments.swap import swap_turn
 from deployments.versions import AVAILABLE, END, LOADING, UNLOADING, ModelVersion, VersionTable
 from serve_app import metrics
 from serve_app.config import RESOURCE, HotSettings, ModelSpec, StoreSpec
-from serve_app.errors import ModelLoadError, ServingError
-from serve_app.request import PREDICT, PredictRequest
+from serve_app.errors import InvalidInput, ModelLoadError, ServingError
+from serve_app.request import JSON_ROWS, PREDICT, PredictRequest
 from serve_app.store import open_store, select_versions, store_notice
 
 logger = logging.getLogger("ray.serve")
 
 Enqueue = Callable[[BatchItem], "asyncio.Future"]
+
+
+def _failed(model: str, step: str, exc: Exception) -> ServingError:
+    """The 500 of a request whose model code raised: the model, the step, the error type."""
+    logger.warning("model '%s': %s failed: %s: %s", model, step, type(exc).__name__, exc)
+    return ServingError(f"model '{model}' failed in {step}: {type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -64,6 +70,16 @@ class VersionStats:
 
 
 @dataclass
+class Staged:
+    """A request whose model prepares its inputs itself (``Servable.preprocess``), off the
+    event loop, before it can be checked and queued; it holds its version meanwhile."""
+
+    version: ModelVersion
+    request: PredictRequest
+    released: bool = False
+
+
+@dataclass
 class Pending:
     """A request that passed its checks, its rows queued for batching as ``futures``."""
 
@@ -71,7 +87,8 @@ class Pending:
     futures: list[asyncio.Future]
     outputs: list[str]  # the output names to answer with
     prepared: PreparedInputs  # restores the outputs to the shape the request was sent in
-    finished: bool = False
+    postprocess: bool = False  # the model answers it as JSON rows (``Servable.postprocess``)
+    released: bool = False
 
 
 class ModelHost:
@@ -302,25 +319,75 @@ class ModelHost:
         finally:
             version.in_flight -= 1
 
-    def begin(self, request: PredictRequest, enqueue: Enqueue) -> Pending:
-        """Validate one request and queue its rows for batching; ``finish`` answers it.
+    def begin(self, request: PredictRequest, enqueue: Enqueue) -> Pending | Staged:
+        """Validate one request and queue its rows for batching; ``answer`` answers it.
 
-        Raises the request's own error (400, 404, ...) before anything is queued. The version
-        it resolves to stays loaded until ``finish`` or ``abandon``.
+        Raises the request's own error (400, 404, ...) before anything is queued. A request
+        the model prepares itself comes back ``Staged``: ``preprocess`` it, then ``queue``.
+        The version it resolves to stays loaded until ``release``.
         """
         wanted = self._wanted(list(self.table.versions))
         version = self.table.resolve(
             request.version, request.label, self.hot.labels, wanted, self.hot.traffic
         )
         version.in_flight += 1
+        try:
+            if version.servable.preprocesses(request):
+                return Staged(version, request)
+            return self._queue(version, request, request.inputs, enqueue)
+        except BaseException:
+            version.in_flight -= 1
+            raise
+
+    async def preprocess(
+        self, staged: list[Staged], executor: Executor
+    ) -> list[dict[str | None, np.ndarray] | ServingError]:
+        """Each staged request's inputs, prepared by its model in one trip off the event loop;
+        a request whose preparation fails gets its own error (the others go on)."""
+
+        def run() -> list[dict[str | None, np.ndarray] | ServingError]:
+            return [
+                self._guarded("preprocess", s.version.servable.preprocess, s.request)
+                for s in staged
+            ]
+
+        return await asyncio.get_running_loop().run_in_executor(executor, run)
+
+    def queue(
+        self, staged: Staged, raw: dict[str | None, np.ndarray] | ServingError, enqueue: Enqueue
+    ) -> Pending | ServingError:
+        """Check and queue a staged request with its prepared inputs (or fail it alone)."""
+        if isinstance(raw, ServingError):
+            self.release(staged)
+            return raw
+        staged.released = True  # the Pending takes over the version
+        try:
+            # The model made these inputs: they are cast to its signature, not held to the
+            # datatypes the client declared for what it sent.
+            return self._queue(staged.version, staged.request, raw, enqueue, exact_dtypes=False)
+        except ServingError as exc:
+            staged.version.in_flight -= 1
+            return exc
+        except Exception as exc:  # the model's inputs broke a check: its request fails alone
+            staged.version.in_flight -= 1
+            return _failed(self.name, "preprocess", exc)
+
+    def _queue(
+        self,
+        version: ModelVersion,
+        request: PredictRequest,
+        raw: dict[str | None, np.ndarray],
+        enqueue: Enqueue,
+        exact_dtypes: bool | None = None,
+    ) -> Pending:
         futures: list[asyncio.Future] = []
+        exact = request.exact_dtypes if exact_dtypes is None else exact_dtypes
         try:
             servable = version.servable
             signature = servable.signature(request.signature_name)
-            raw = request.inputs
             if request.method != PREDICT:
                 raw = servable.example_inputs(signature, request.method, request.examples or [])
-            prepared = prepare_inputs(signature, raw, request.exact_dtypes)
+            prepared = prepare_inputs(signature, raw, exact)
             servable.check_request(prepared.tensors, request.parameters)
             outputs = requested_outputs(signature, request.outputs)
             # A request larger than one batch is cut into batch-sized chunks.
@@ -345,16 +412,14 @@ class ModelHost:
                 )
                 futures.append(enqueue(item))
         except BaseException:
-            version.in_flight -= 1
             for future in futures:  # chunks queued already are computed for nobody
                 future.cancel()
             raise
-        return Pending(version, futures, outputs, prepared)
+        return Pending(version, futures, outputs, prepared, servable.postprocesses(request))
 
-    def finish(self, pending: Pending) -> tuple[int, dict[str, np.ndarray]] | ServingError:
-        """The answer of a begun request whose batch items are all done."""
-        pending.finished = True
-        pending.version.in_flight -= 1
+    def answer(self, pending: Pending) -> tuple[int, dict[str, Any]] | ServingError:
+        """The answer of a begun request whose batch items are all done (the version stays
+        held until ``release``)."""
         parts = []
         for future in pending.futures:
             result = future.result()
@@ -372,11 +437,45 @@ class ModelHost:
             logger.warning("model '%s': assembling an answer failed", self.name, exc_info=True)
             return ServingError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}")
 
-    def abandon(self, pending: Pending) -> None:
-        """Give up on a begun request (its call was cancelled): drop its queued rows."""
-        pending.finished = True
+    async def postprocess(
+        self, answered: list[tuple[Pending, tuple[int, dict[str, Any]]]], executor: Executor
+    ) -> list[tuple[int, dict[str, Any]] | ServingError]:
+        """The answers of requests the model answers as JSON rows (``JSON_ROWS``), made in
+        one trip off the event loop; a request whose rows fail gets its own error."""
+
+        def run() -> list[tuple[int, dict[str, Any]] | ServingError]:
+            results: list[tuple[int, dict[str, Any]] | ServingError] = []
+            for pending, (number, outputs) in answered:
+                rows = self._guarded("postprocess", pending.version.servable.postprocess, outputs)
+                results.append(
+                    rows if isinstance(rows, ServingError) else (number, {JSON_ROWS: rows})
+                )
+            return results
+
+        return await asyncio.get_running_loop().run_in_executor(executor, run)
+
+    def _guarded(self, step: str, function: Callable[[Any], Any], value: Any) -> Any:
+        """``function(value)``, or the error one request gets for it: its own ServingError,
+        400 for a ValueError (bad input, the model's words), else 500 naming the type."""
+        try:
+            return function(value)
+        except ServingError as exc:
+            return exc
+        except ValueError as exc:
+            if step == "preprocess":
+                return InvalidInput(f"model '{self.name}' refused the request: {exc}")
+            return _failed(self.name, step, exc)
+        except Exception as exc:
+            return _failed(self.name, step, exc)
+
+    def release(self, pending: Pending | Staged) -> None:
+        """Done with a begun request (answered, or its call cancelled): drop its queued rows
+        and let its version go."""
+        if pending.released:
+            return
+        pending.released = True
         pending.version.in_flight -= 1
-        for future in pending.futures:
+        for future in getattr(pending, "futures", ()):
             future.cancel()
 
     async def generate_stream(

@@ -20,21 +20,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray import serve
 
-from deployments.base import autoscaling_stats, replica_report
-from deployments.core import Answer, ReplicaCore
+from deployments.core import ReplicaCore
 from deployments.host import ModelHost
-from deployments.servable import Servable
+from deployments.registry import servable_class
 from deployments.versions import RETRY_FAILED_AFTER_S
 from serve_app import metrics
-from serve_app.config import PoolSpec, StoreSpec, parse_hot_settings
+from serve_app.config import HotSettings, PoolSpec, StoreSpec
 from serve_app.errors import InvalidInput, ModelUnavailable, ServingError
-from serve_app.request import PredictRequest
 from serve_app.store import list_pool_models
 
 logger = logging.getLogger("ray.serve")
@@ -48,21 +45,10 @@ class EvictedWhileLoading(ModelUnavailable):
     """The model was evicted between its load and the request's turn (503 if it persists)."""
 
 
-def servable_class_for(framework: str) -> type[Servable]:
-    """The framework's ``Servable`` (imported here: a pool loads only its own framework)."""
-    if framework == "tensorflow":
-        from deployments.tensorflow import TensorFlowModel
-
-        return TensorFlowModel
-    from deployments.transformers import TransformersModel
-
-    return TransformersModel
-
-
 class PoolEntry:
     """One model of the pool in this replica: loading, then serving, until evicted."""
 
-    def __init__(self, replica: PoolReplica, model: str) -> None:
+    def __init__(self, replica: PoolModels, model: str) -> None:
         self.model = model
         self._replica = replica
         self._loop = asyncio.get_running_loop()
@@ -115,25 +101,24 @@ class PoolEntry:
             self._loop.call_soon_threadsafe(self._replica.evict, self)
 
 
-class PoolReplica:
-    """One replica of a pool: the models it holds, their batching, loads and evictions."""
+class PoolModels:
+    """The models one pool replica holds: loaded on demand, evicted least recently used
+    (the ``ModelHolder`` of a pool's ``deployments.replica.ModelReplica``)."""
 
-    def __init__(self, load_settings: dict[str, Any], hot_settings: dict[str, Any]) -> None:
-        settings = dict(load_settings)
-        self.store_settings = StoreSpec.model_validate(settings.pop("store", None) or {})
-        self.pool = PoolSpec.model_validate(settings)
-        self.name = self.pool.name
-        self._base_hot = hot_settings
-        self.hot = parse_hot_settings(hot_settings, self.name)
-        self._servable_class = servable_class_for(self.pool.framework)
-        # One inference thread and batcher for every model (one batch at a time, as a
-        # dedicated replica; items of different models share a batch window but never a
-        # model call), and loader threads so that loads never wait for each other.
-        self.core = ReplicaCore(
-            self.name, self.hot.batching.max_batch_size, self.hot.batching.batch_wait_timeout_s
-        )
+    def __init__(
+        self, pool: PoolSpec, store: StoreSpec, hot: HotSettings, core: ReplicaCore
+    ) -> None:
+        self.store_settings = store
+        self.pool = pool
+        self.name = pool.name
+        self.hot = hot
+        self._servable_class = servable_class(pool.framework)
+        # One inference thread and batcher for every model (the replica's core: items of
+        # different models share a batch window but never a model call), and loader threads
+        # so that loads never wait for each other.
+        self.core = core
         self._loader = ThreadPoolExecutor(
-            max_workers=self.pool.max_concurrent_loads, thread_name_prefix=f"{self.name}-load"
+            max_workers=pool.max_concurrent_loads, thread_name_prefix=f"{self.name}-load"
         )
         self.entries: dict[str, PoolEntry] = {}  # models held: loading or loaded
         self._closing: set[asyncio.Task] = set()
@@ -144,9 +129,9 @@ class PoolReplica:
             return self._open(model)
 
         # Dynamic, so the limit can come from the pool's config (Serve detects it at runtime).
-        self._entry = serve.multiplexed(
-            max_num_models_per_replica=self.pool.max_models_per_replica
-        )(open_model)
+        self._entry = serve.multiplexed(max_num_models_per_replica=pool.max_models_per_replica)(
+            open_model
+        )
 
     # --- models in and out -----------------------------------------------------------------
 
@@ -206,7 +191,7 @@ class PoolReplica:
     def _record_size(self) -> None:
         metrics.record_pool_models(self.name, len(self.entries))
 
-    async def _host(self) -> ModelHost:
+    async def host(self) -> ModelHost:
         """The host of the model this request is for (Serve's multiplexed model id)."""
         model = serve.get_multiplexed_model_id()
         if not model:
@@ -223,69 +208,19 @@ class PoolReplica:
                 entry = await self._entry(model)
         return await entry.wait()
 
-    # --- Serve hooks -----------------------------------------------------------------------
-
-    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+    def apply_hot(self, hot: HotSettings) -> None:
         """Hot settings for every model of the pool (batching, version policy, polling)."""
-        self.hot = parse_hot_settings(user_config, self.name, self._base_hot)
-        self.core.configure(
-            self.hot.batching.max_batch_size, self.hot.batching.batch_wait_timeout_s
-        )
+        self.hot = hot
         for entry in self.entries.values():
             if entry.loaded and entry.host is not None:
-                entry.host.apply_hot(self.hot)
+                entry.host.apply_hot(hot)
 
-    # --- requests --------------------------------------------------------------------------
+    def check_health(self) -> None:
+        """A pool replica is healthy while it runs: a model that fails to load answers 503
+        on its own, and the others keep serving."""
 
-    async def predict_many(self, requests: list[PredictRequest]) -> list[Answer]:
-        """The requests of one coalesced call for one model of the pool (the multiplexed
-        model id), each answered on its own."""
-        return await self.core.predict_many(await self._host(), requests)
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        """Requests (not handle calls) in this replica: what autoscaling should count."""
-        return autoscaling_stats(self.core)
-
-    async def generate_stream(
-        self,
-        text: str,
-        max_new_tokens: int,
-        parameters: dict[str, Any],
-        deadline: float | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        host = await self._host()
-        async for item in host.generate_stream(text, max_new_tokens, parameters, deadline):
-            yield item
-
-    async def model_status(
-        self, version: int | None = None, label: str | None = None
-    ) -> list[dict[str, Any]]:
-        return (await self._host()).model_status(version, label)
-
-    async def model_metadata(
-        self, version: int | None = None, label: str | None = None
-    ) -> dict[str, Any]:
-        return (await self._host()).model_metadata(version, label)
-
-    async def model_io(
-        self, version: int | None = None, label: str | None = None
-    ) -> dict[str, Any]:
-        return (await self._host()).model_io(version, label)
-
-    async def model_stats(self) -> dict[str, Any]:
-        """One model's statistics, with its pool replica's: models held, loads, evictions."""
-        host = await self._host()
-        return {
-            "model_stats": [host.stats_json()],
-            "batching": self.hot.batching.model_dump(),
-            "coalescing": self.core.report(),
-            "load_seconds": round(host.load_seconds, 3),
-            "versions": host.table.statuses(),
-            "version_traffic": host.versions_report(),
-            "swaps": list(host.swaps),
-            "pool": self.pool_report(),
-            **replica_report(),
-        }
+    def report(self) -> dict[str, Any]:
+        return {"pool": self.pool_report()}
 
     # --- the pool itself -------------------------------------------------------------------
 
@@ -307,6 +242,3 @@ class PoolReplica:
             "load_seconds_p50": round(loads[len(loads) // 2], 3) if loads else None,
             "load_seconds_max": round(loads[-1], 3) if loads else None,
         }
-
-
-PoolDeployment = serve.deployment(PoolReplica)

@@ -10,13 +10,17 @@ import gc
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel
 
 from deployments.signature import Signature, prepare_inputs
-from serve_app.config import ModelSpec
 from serve_app.errors import InvalidInput, UnknownSignature
+from serve_app.request import PREDICT, PredictRequest
+
+if TYPE_CHECKING:
+    from serve_app.config import ModelSpec
 
 DEFAULT_SIGNATURE = "serving_default"
 # True once nobody waits for a model call's answer (deadlines passed, callers gone).
@@ -24,9 +28,25 @@ StopCheck = Callable[[], bool]
 
 
 class Servable:
-    """A framework model of one version; subclasses implement load, signatures and infer."""
+    """A framework model of one version; subclasses implement load, signatures and infer.
+
+    A framework is one such subclass, registered by name in ``deployments/registry.py``. Its
+    class attributes declare what the config may say of it (tasks, dtype, its own options
+    block) and ``capabilities`` what it can do; the replica core, batching, versions, pools,
+    the store and every protocol are shared.
+    """
 
     platform = "unknown"  # the Open Inference Protocol's platform name
+    # The ``task`` values it serves (empty: it takes none), and whether one is required.
+    tasks: ClassVar[tuple[str, ...]] = ()
+    task_required: ClassVar[bool] = False
+    # Whether it takes ``dtype`` (the dtype weights are loaded in).
+    takes_dtype: ClassVar[bool] = False
+    # Its own settings: a block named after the framework in the args (``python: {...}``),
+    # validated as strictly as the rest; None: it takes none.
+    options_model: ClassVar[type[BaseModel] | None] = None
+    # TF Serving REST ``instances`` reach the model as JSON, undecoded (it decodes them).
+    json_instances: ClassVar[bool] = False
     # Warm up on the replica's inference thread (which then cannot serve meanwhile) rather
     # than on the loader thread: for frameworks whose compute threads belong to the thread
     # that first computes.
@@ -38,6 +58,18 @@ class Servable:
         # The replica's inference thread: model calls run there, one at a time.
         self._executor = executor
         self.load(path)
+
+    # --- declared by each framework ----------------------------------------------------
+
+    @classmethod
+    def capabilities(cls, task: str | None, options: dict[str, Any]) -> frozenset[str]:
+        """What a model of this framework (with this task and options) can do."""
+        return frozenset({PREDICT})
+
+    @classmethod
+    def parse_options(cls, options: dict[str, Any]) -> Any:
+        """The framework's options block, validated (None if it takes no options)."""
+        return None if cls.options_model is None else cls.options_model.model_validate(options)
 
     # --- implemented by each framework -------------------------------------------------
 
@@ -78,6 +110,23 @@ class Servable:
             f"model '{self.name}' has no {method} signature: {method} needs a TensorFlow"
             " SavedModel with a tensorflow/serving/" + method + " signature"
         )
+
+    def preprocesses(self, request: PredictRequest) -> bool:
+        """Whether ``preprocess`` must turn this request into inputs (off the event loop)."""
+        return False
+
+    def preprocess(self, request: PredictRequest) -> dict[str | None, np.ndarray]:
+        """The raw inputs of a request the model prepares itself (runs off the event loop,
+        before batching; raises the request's own error)."""
+        raise NotImplementedError
+
+    def postprocesses(self, request: PredictRequest) -> bool:
+        """Whether ``postprocess`` answers this request (as JSON rows)."""
+        return False
+
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> list[bytes]:
+        """One request's outputs as JSON, one encoded value per row (off the event loop)."""
+        raise NotImplementedError
 
     def signature_defs(self) -> dict[str, Any]:
         """Signatures in TF Serving's metadata JSON form."""

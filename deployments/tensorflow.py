@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray import serve
 
-from deployments.base import ModelDeployment
 from deployments.servable import DEFAULT_SIGNATURE, Servable, StopCheck
 from deployments.signature import UNBATCHED_ROW, Signature, TensorSpec
 from serve_app.errors import InvalidInput, ModelLoadError
+from serve_app.request import CLASSIFY, PREDICT, REGRESS
 
-KERAS_FILE = "model.keras"
 SAVED_MODEL_FILE = "saved_model.pb"
+# Keras files as people have them: Keras 3 files under any name, and legacy HDF5 files.
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 PREDICT_METHOD = "tensorflow/serving/predict"
 # TF Serving's names for classify/regress signatures' tensors (signature_constants.h).
 EXAMPLES_INPUT, CLASSES_OUTPUT, SCORES_OUTPUT, REGRESS_OUTPUT = (
@@ -33,7 +33,13 @@ EXAMPLES_INPUT, CLASSES_OUTPUT, SCORES_OUTPUT, REGRESS_OUTPUT = (
 
 
 class TensorFlowModel(Servable):
-    """A SavedModel (signatures as saved) or a Keras model (one ``serving_default``)."""
+    """A SavedModel (signatures as saved, Keras-written ones included) or a Keras file
+    (``*.keras`` or legacy HDF5 ``*.h5``; one ``serving_default``)."""
+
+    @classmethod
+    def capabilities(cls, task: str | None, options: dict[str, Any]) -> frozenset[str]:
+        # classify/regress need a signature of that kind: the replica checks per request.
+        return frozenset({PREDICT, CLASSIFY, REGRESS})
 
     def load(self, path: Path) -> None:
         from deployments.devices import setup_tensorflow
@@ -48,21 +54,16 @@ class TensorFlowModel(Servable):
         self._session: Any = None
         self._functions: dict[str, Any] = {}
         self._signature_json: dict[str, Any] | None = None
-        if (path / KERAS_FILE).is_file():
-            self._load_keras(path / KERAS_FILE)
-        elif (path / SAVED_MODEL_FILE).is_file():
+        if (path / SAVED_MODEL_FILE).is_file():
             self._load_saved_model(path)
         else:
-            found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
-            raise ModelLoadError(
-                f"model '{self.name}': no {SAVED_MODEL_FILE} or {KERAS_FILE} in version"
-                f" directory '{path.name}' of {self.spec.uri} (it holds: {found})"
-            )
+            self._load_keras(keras_file(self.name, self.spec.uri, path))
 
     def _load_keras(self, file: Path) -> None:
         import keras
 
-        # safe_mode refuses artifacts that would run arbitrary Python (lambda layers, pickles).
+        # safe_mode refuses artifacts that would run arbitrary Python (lambda layers, pickles),
+        # in Keras 3 files and in legacy HDF5 files alike.
         model = keras.saving.load_model(file, safe_mode=True, compile=False)
         inputs = {
             t.name: TensorSpec(t.name, _np_dtype(t.dtype), _dims(t.shape)) for t in model.inputs
@@ -197,13 +198,25 @@ class TensorFlowModel(Servable):
         super().release()
 
 
-class TensorFlowReplica(ModelDeployment):
-    """The Serve deployment of a TensorFlow model."""
-
-    servable_class = TensorFlowModel
-
-
-TensorFlowDeployment = serve.deployment(TensorFlowReplica)
+def keras_file(model: str, uri: str, path: Path) -> Path:
+    """The one Keras file of a version directory (``model.keras`` first), or why none."""
+    found = sorted(p for p in path.iterdir() if p.suffix.lower() in KERAS_SUFFIXES)
+    preferred = [p for p in found if p.name == "model.keras"]
+    if preferred:
+        return preferred[0]
+    if len(found) == 1:
+        return found[0]
+    held = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
+    if not found:
+        raise ModelLoadError(
+            f"model '{model}': no {SAVED_MODEL_FILE} (SavedModel) or Keras file"
+            f" ({', '.join('*' + s for s in KERAS_SUFFIXES)}) in version directory"
+            f" '{path.name}' of {uri} (it holds: {held})"
+        )
+    raise ModelLoadError(
+        f"model '{model}': version directory '{path.name}' of {uri} holds {len(found)} Keras"
+        f" files ({', '.join(p.name for p in found)}); keep one, or name it model.keras"
+    )
 
 
 def check_example_signature(model: str, signature: Signature, method: str) -> None:
@@ -299,6 +312,11 @@ def _keras_output_names(model: Any) -> list[str]:
     names = getattr(model, "output_names", None)
     if names and len(names) == len(model.outputs):
         return list(names)
+    # A model loaded from HDF5 has no output_names: its output layers' names instead.
+    layers = [getattr(getattr(t, "_keras_history", None), "operation", None) for t in model.outputs]
+    named = [getattr(layer, "name", None) for layer in layers]
+    if all(named) and len(set(named)) == len(named):
+        return named
     return [t.name.split("/")[0] for t in model.outputs]
 
 

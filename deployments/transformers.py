@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray import serve
 
-from deployments.base import ModelDeployment
 from deployments.generation import (
     GenerationParameters,
     StopScanner,
@@ -26,18 +24,25 @@ from deployments.generation import (
 )
 from deployments.servable import DEFAULT_SIGNATURE, Servable, StopCheck
 from deployments.signature import Signature, TensorSpec
+from deployments.text import (
+    FLOAT32,
+    INT32,
+    STRING,
+    TEXT_INPUT,
+    check_texts,
+    cut_texts,
+    embedding_signature,
+    texts_of,
+)
 from serve_app.errors import DeadlineExceeded, InvalidInput
+from serve_app.request import EMBED, GENERATE, PREDICT, STREAM
 
-STRING = np.dtype(object)
-INT32 = np.dtype("int32")
-FLOAT32 = np.dtype("float32")
 DEFAULT_MAX_NEW_TOKENS = 32
 MAX_NEW_TOKENS_LIMIT = 1024
-# No token of these tokenizers spans more characters (WordPiece reads at most 100 per word),
-# so a text cut at this many characters per token of context tokenizes as the whole text.
-MAX_CHARS_PER_TOKEN = 100
 # A stream whose model produces no token for this long ends with an error event.
 STREAM_GAP_S = 60.0
+# What each task adds to predict (TF Serving and V2 requests on the task's signature).
+TASK_CAPABILITIES = {"feature-extraction": (EMBED,), "text-generation": (GENERATE, STREAM)}
 
 
 def _spec(name: str, dtype: np.dtype, shape: tuple[int, ...], **kw: Any) -> TensorSpec:
@@ -49,10 +54,17 @@ class TransformersModel(Servable):
     ``text-classification`` (label and score) and ``text-generation``."""
 
     platform = "transformers"
+    tasks = ("text-generation", "feature-extraction", "text-classification")
+    task_required = True
+    takes_dtype = True
     # torch's OpenMP threads belong to the thread that first computes: a model first run on
     # another thread computes about 1.5x slower on the inference thread ever after
     # (bench/NOTES.md, issue 14 #4).
     warm_up_on_inference_thread = True
+
+    @classmethod
+    def capabilities(cls, task: str | None, options: dict[str, Any]) -> frozenset[str]:
+        return frozenset({PREDICT, *TASK_CAPABILITIES.get(task or "", ())})
 
     def load(self, path: Path) -> None:
         import torch
@@ -89,13 +101,9 @@ class TransformersModel(Servable):
         self._signatures = {DEFAULT_SIGNATURE: self._task_signature(config)}
 
     def _task_signature(self, config: Any) -> Signature:
-        text = {"text": _spec("text", STRING, (-1,))}
+        text = TEXT_INPUT
         if self.spec.task == "feature-extraction":
-            outputs = {
-                "embeddings": _spec("embeddings", FLOAT32, (-1, config.hidden_size)),
-                "_token_count": _spec("_token_count", INT32, (-1,)),
-            }
-            return Signature(DEFAULT_SIGNATURE, text, outputs)
+            return embedding_signature(config.hidden_size)
         if self.spec.task == "text-classification":
             outputs = {
                 "label": _spec("label", STRING, (-1,)),
@@ -133,9 +141,8 @@ class TransformersModel(Servable):
         budgets = inputs["max_new_tokens"]
         if budgets.min() < 1 or budgets.max() > MAX_NEW_TOKENS_LIMIT:
             raise InvalidInput(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}")
-        limit = self._max_length * MAX_CHARS_PER_TOKEN
-        for row, text in enumerate(texts):
-            if len(text) > limit:  # refused before tokenizing megabytes
+        for row, (text, cut) in enumerate(zip(texts, cut_texts(texts, self._max_length))):
+            if len(text) > len(cut):  # refused before tokenizing megabytes
                 raise InvalidInput(
                     f"text[{row}] has {len(text)} characters, more than the model's context of"
                     f" {self._max_length} tokens can hold"
@@ -162,7 +169,7 @@ class TransformersModel(Servable):
         parameters: dict[str, Any],
         stop: StopCheck | None = None,
     ) -> dict[str, np.ndarray]:
-        texts = _texts(inputs["text"])
+        texts = texts_of(inputs["text"])
         with self._torch.inference_mode():
             if self.spec.task == "feature-extraction":
                 return self._embed(texts)
@@ -172,11 +179,12 @@ class TransformersModel(Servable):
             return self._generate(texts, inputs["max_new_tokens"], settings, stop)
 
     def _encode(self, texts: list[str]) -> Any:
-        # The tokenizer reads a whole text before truncating it: cut what cannot fit first.
-        limit = self._max_length * MAX_CHARS_PER_TOKEN
-        texts = [text[:limit] for text in texts]
         encoded = self._tokenizer(
-            texts, padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
+            cut_texts(texts, self._max_length),
+            padding=True,
+            truncation=True,
+            max_length=self._max_length,
+            return_tensors="pt",
         )
         return encoded.to(self._device)
 
@@ -359,10 +367,6 @@ def _retrieve(future: asyncio.Future) -> None:
         future.exception()
 
 
-def _texts(column: np.ndarray) -> list[str]:
-    return [t.decode() if isinstance(t, bytes) else t for t in column.tolist()]
-
-
 def stopping_criteria(torch: Any, stop: StopCheck) -> Any:
     """A generation stopping criterion that ends every row once ``stop()`` is true."""
     from transformers import StoppingCriteria, StoppingCriteriaList
@@ -372,30 +376,3 @@ def stopping_criteria(torch: Any, stop: StopCheck) -> Any:
             return torch.full((input_ids.shape[0],), stop(), dtype=torch.bool)
 
     return StoppingCriteriaList([StopWhenNobodyWaits()])
-
-
-def check_texts(column: np.ndarray, name: str) -> list[str]:
-    """The texts of a string input, or 400 naming the first one that is not valid Unicode:
-    bytes that are not UTF-8, or a string holding a lone surrogate (JSON ``"\\ud800"``)."""
-    texts = []
-    for row, value in enumerate(column.reshape(-1).tolist()):
-        try:
-            text = value.decode("utf-8") if isinstance(value, bytes) else value
-            text.encode("utf-8")
-        except UnicodeError as exc:
-            kind = "UTF-8" if isinstance(value, bytes) else "Unicode (no lone surrogates)"
-            raise InvalidInput(
-                f"input '{name}'[{row}] is not valid {kind} text: {exc.reason} at position"
-                f" {exc.start}"
-            ) from None
-        texts.append(text)
-    return texts
-
-
-class TransformersReplica(ModelDeployment):
-    """The Serve deployment of a transformers model."""
-
-    servable_class = TransformersModel
-
-
-TransformersDeployment = serve.deployment(TransformersReplica)

@@ -43,7 +43,7 @@ def build_app(args: dict[str, Any]) -> Application:
     }
     routes = {spec.name: route_settings(spec) for spec in config.models}
     pools = {
-        pool.name: pool_deployment(pool).bind(
+        pool.name: model_deployment(pool).bind(
             spec_for_replica(pool, config.store), pool.hot_settings().model_dump()
         )
         for pool in config.pools
@@ -72,7 +72,7 @@ def build_model(args: dict[str, Any]) -> Application:
 def build_pool(args: dict[str, Any]) -> Application:
     """One model pool's own application (named after the pool, ``route_prefix: null``)."""
     app = parse_pool_app(args)
-    return pool_deployment(app).bind(
+    return model_deployment(app).bind(
         spec_for_replica(app, app.store), app.hot_settings().model_dump()
     )
 
@@ -88,25 +88,19 @@ def route_settings(spec: ModelSpec | PoolSpec) -> dict[str, Any]:
     """What the ingress needs to know of a model (or pool) to route and coalesce for it."""
     return {
         "kind": spec.kind,
+        "capabilities": sorted(spec.capabilities),
+        "json_instances": spec.json_instances,
         "max_batch_size": spec.batching.max_batch_size,
         "max_queued_requests": spec.max_queued_requests,
     }
 
 
-def model_deployment(spec: ModelSpec) -> Deployment:
-    """The Serve deployment of one model, with its resources, replicas and hot settings."""
-    if spec.framework == "tensorflow":
-        from deployments.tensorflow import TensorFlowDeployment as deployment
-    else:
-        from deployments.transformers import TransformersDeployment as deployment
-    return deployment.options(**_deployment_options(spec))
+def model_deployment(spec: ModelSpec | PoolSpec) -> Deployment:
+    """The Serve deployment of one model or pool (named after it), whatever its framework:
+    its resources, replicas and hot settings."""
+    from deployments.replica import ModelDeployment
 
-
-def pool_deployment(pool: PoolSpec) -> Deployment:
-    """The Serve deployment of a model pool (one per pool, named after it)."""
-    from deployments.pool import PoolDeployment
-
-    return PoolDeployment.options(**_deployment_options(pool))
+    return ModelDeployment.options(**_deployment_options(spec))
 
 
 def check_pool_names(config: AppConfig) -> None:
@@ -173,8 +167,12 @@ def spec_for_replica(spec: ModelSpec | PoolSpec, store: StoreSpec | None = None)
     a relative ``cache_dir`` is made absolute here too, while ``~`` and an unset one are left
     for the replica's machine to resolve.
     """
+    from deployments.replica import POOL_KEY
+
     settings = spec.load_settings()
     settings["uri"] = _absolute(spec.uri)
+    if isinstance(spec, PoolSpec):
+        settings[POOL_KEY] = True
     store = store or StoreSpec()
     cache_dir = store.cache_dir
     if cache_dir is not None and not cache_dir.startswith("~"):

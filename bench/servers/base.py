@@ -17,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from bench.models import DIGIT_ROW, INPUT_NAMES, OUTPUT_NAMES, OUTPUT_WIDTH, REPO_ROOT, SENTENCE
+from bench.models import (
+    DIGIT_ROW,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    OUTPUT_WIDTH,
+    REPO_ROOT,
+    SENTENCE,
+    kind,
+)
 
 # Every batching server gets the same batching: up to 32 requests, waiting at most 5 ms for a
 # batch to fill (the project's default, serve_config.yaml).
@@ -88,6 +96,7 @@ class Server:
     """A server under test. Subclasses fill in the class attributes and ``argv``."""
 
     name = ""
+    models: tuple[str, ...] = ("digits", "minilm")  # the benchmark models it can serve
     port = 0
     grpc_port: int | None = None  # where it serves the Open Inference Protocol over gRPC
     venv: Path | None = None  # its own virtual environment (None: the project's .venv)
@@ -180,7 +189,7 @@ class Server:
 
 def v2_body(model: str, text_shape: tuple[int, ...] = (1,)) -> dict[str, Any]:
     """An Open Inference Protocol (V2) JSON request with one instance, data flat."""
-    if model == "digits":
+    if kind(model) == "digits":
         tensor = {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": DIGIT_ROW}
     else:
         tensor = {
@@ -207,7 +216,7 @@ def v2_extract(model: str) -> Extract:
 def v2_grpc_endpoint(label: str, model: str, text_shape: tuple[int, ...] = (1,)) -> GrpcEndpoint:
     """One instance as a V2 gRPC call: ``pixels`` FP32 ``[1, 64]``, or the sentence as BYTES
     of ``text_shape`` (Triton's batched ``(1,)`` input takes ``[1, 1]``)."""
-    if model == "digits":
+    if kind(model) == "digits":
         tensor = np.asarray([DIGIT_ROW], dtype=np.float32)
     else:
         tensor = np.asarray([SENTENCE.encode()], dtype=object).reshape(text_shape)
@@ -216,7 +225,7 @@ def v2_grpc_endpoint(label: str, model: str, text_shape: tuple[int, ...] = (1,))
 
 def instance(model: str) -> Any:
     """The one instance in a row-format body: 64 floats or the sentence."""
-    return DIGIT_ROW if model == "digits" else SENTENCE
+    return DIGIT_ROW if kind(model) == "digits" else SENTENCE
 
 
 def key_extract(*keys: str | int) -> Extract:

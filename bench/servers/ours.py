@@ -13,6 +13,7 @@ processes ``serve run`` started (``ray stop --force`` would kill every Ray here)
 
 from __future__ import annotations
 
+import copy
 import json
 import urllib.request
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from bench.models import REPO_ROOT, SENTENCE
+from bench.models import REPO_ROOT, SENTENCE, kind
 from bench.servers.base import (
     Endpoint,
     GrpcEndpoint,
@@ -40,9 +41,30 @@ RAY_TMPDIR = "/tmp/ray-bench"
 FALLBACK_PORTS = (8500, 9500)
 
 
+# ``digits-python``: the default fleet plus the digits model wrapped as a Python model, its
+# application as digits' own but for the framework (bench/python_digits.py).
+PYTHON_DIGITS = "digits-python"
+PYTHON_DIGITS_CLASS = "bench.python_digits:WrappedDigits"
+
+
 def load_config(path: Path | None = None) -> dict[str, Any]:
     """``serve_config.yaml`` as parsed."""
     return yaml.safe_load((path or REPO_ROOT / CONFIG).read_text())
+
+
+def config_for(model: str) -> dict[str, Any]:
+    """The config served for ``model``: ``serve_config.yaml``, plus the wrapped digits
+    application for ``digits-python``."""
+    config = load_config()
+    if model == PYTHON_DIGITS:
+        digits = next(a for a in config["applications"] if a["name"] == "digits")
+        wrapped = copy.deepcopy(digits)
+        wrapped["name"] = PYTHON_DIGITS
+        wrapped["args"].update(
+            name=PYTHON_DIGITS, framework="python", python={"class": PYTHON_DIGITS_CLASS}
+        )
+        config["applications"].append(wrapped)
+    return config
 
 
 def fleet_summary(config: dict[str, Any]) -> str:
@@ -80,6 +102,7 @@ class ServeApp(Server):
         )
 
     name = "serve-app"
+    models = ("digits", "minilm", "minilm-onnx", PYTHON_DIGITS)
     packages = ("serve-app", "ray", "tensorflow-cpu", "keras", "torch", "transformers", "numpy")
     ready_timeout_s = 420.0
     stop_grace_s = 45.0
@@ -105,8 +128,12 @@ class ServeApp(Server):
 
     def argv(self, model: str, workdir: Path) -> list[str]:
         """``serve run serve_config.yaml``, run from the repository root (its model URIs
-        are relative to it)."""
-        return [str(REPO_ROOT / ".venv" / "bin" / "serve"), "run", CONFIG]
+        are relative to it); ``digits-python``: that config plus the wrapped model."""
+        config = CONFIG
+        if model == PYTHON_DIGITS:
+            config = str(workdir / "serve_config.yaml")
+            Path(config).write_text(yaml.safe_dump(config_for(model), sort_keys=False))
+        return [str(REPO_ROOT / ".venv" / "bin" / "serve"), "run", config]
 
     def env(self, model: str) -> dict[str, str]:
         """``make run``'s fast-path environment; our own Ray temp dir, no usage stats."""
@@ -123,7 +150,7 @@ class ServeApp(Server):
         v2 = Endpoint(
             self.name, "v2", f"/v2/models/{model}/infer", v2_body(model), v2_extract(model)
         )
-        if model == "digits":
+        if kind(model) == "digits":
             native = Endpoint(
                 f"{self.name} (tfserving)",
                 "tfserving",
@@ -147,7 +174,7 @@ class ServeApp(Server):
 
     def settings(self, model: str) -> dict[str, Any]:
         """The config file as run, and the model's batching from it."""
-        config = load_config()
+        config = config_for(model)
         app = next((a for a in config["applications"] if a.get("name") == model), {})
         batching = (app.get("args") or {}).get("batching", {})
         return {

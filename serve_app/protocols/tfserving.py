@@ -86,14 +86,40 @@ def _signature_name(body: Any, method: str, keys: tuple[str, ...]) -> str:
     return signature
 
 
-def decode_predict(body: Any) -> tuple[PredictRequest, bool]:
-    """A predict body -> (request, row_format). Row format answers with ``predictions``."""
+def decode_predict(body: Any, json_instances: bool = False) -> tuple[PredictRequest, bool]:
+    """A predict body -> (request, row_format). Row format answers with ``predictions``.
+
+    With ``json_instances`` (a model that decodes its instances itself), ``instances`` stay
+    as sent, JSON values, checked only for nesting deeper than any tensor; the model answers
+    each row as JSON where it can (``json_rows``).
+    """
     signature = _signature_name(body, "predict", ("instances", "inputs"))
     if ("instances" in body) == ("inputs" in body):
         raise InvalidInput("predict request needs exactly one of 'instances' or 'inputs'")
-    if "instances" in body:
-        return PredictRequest(_decode_instances(body["instances"]), signature), True
-    return PredictRequest(_decode_columns(body["inputs"]), signature), False
+    if "instances" not in body:
+        return PredictRequest(_decode_columns(body["inputs"]), signature), False
+    instances = body["instances"]
+    if not json_instances:
+        return PredictRequest(decode_instances(instances), signature), True
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("'instances' must be a non-empty list")
+    for index, instance in enumerate(instances):
+        check_depth(instance, f"instances[{index}]")
+    return PredictRequest({}, signature, instances=instances, json_rows=True), True
+
+
+def check_depth(value: Any, where: str) -> None:
+    """Refuse JSON nested deeper than ``MAX_DEPTH`` (lists and objects), without recursion:
+    deeper values cannot be tensors, and would fail whatever carries them on."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if not isinstance(item, (list, dict)):
+            continue
+        if depth > MAX_DEPTH:
+            raise InvalidInput(f"{where} is nested more than {MAX_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
 
 
 def decode_examples(body: Any, method: str) -> PredictRequest:
@@ -190,7 +216,8 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _decode_instances(instances: Any) -> dict[str | None, np.ndarray]:
+def decode_instances(instances: Any) -> dict[str | None, np.ndarray]:
+    """TF Serving's row format (``instances``) as tensors: unnamed, or named per object key."""
     if not isinstance(instances, list) or not instances:
         raise InvalidInput("'instances' must be a non-empty list")
     if not any(isinstance(row, dict) and not _is_b64(row) for row in instances):

@@ -15,11 +15,10 @@ from serve_app.errors import InvalidInput, ServingError
 from serve_app.http import Reply, StreamReply, json_reply
 from serve_app.jsonio import parse_json
 from serve_app.protocols import openai
-from serve_app.request import PredictRequest
+from serve_app.request import EMBED, GENERATE, STREAM, PredictRequest
 
 logger = logging.getLogger("ray.serve")
 
-GENERATION, EMBEDDING = "text-generation", "feature-extraction"
 COMPLETION_OUTPUTS = ["_completion", "_finish_reason", "_prompt_tokens", "_completion_tokens"]
 _STARTED = int(time.time())
 # The most tokens one completion may ask for (the generation deployment's own bound).
@@ -27,7 +26,7 @@ MAX_TOKENS = 1024
 
 
 async def models(plane: DataPlane) -> Reply:
-    names = await plane.model_names_of_kinds((GENERATION, EMBEDDING))
+    names = await plane.model_names_that_can(GENERATE, EMBED)
     return json_reply(openai.models_list(names, _STARTED))
 
 
@@ -36,7 +35,7 @@ async def completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply 
     if request.max_tokens > MAX_TOKENS:
         raise InvalidInput(f"max_tokens must be at most {MAX_TOKENS}, got {request.max_tokens}")
     plane.check_instances(len(request.prompts) * request.n)
-    await plane.lookup(ctx, request.model, (GENERATION,))
+    await plane.lookup(ctx, request.model, STREAM if request.stream else GENERATE)
     if request.stream:
         return await _stream(plane, ctx, request)
     rows = [prompt for prompt in request.prompts for _ in range(request.n)]
@@ -48,7 +47,7 @@ async def completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply 
         parameters=request.generation_parameters(),
         outputs=COMPLETION_OUTPUTS,
     )
-    _, outputs = await plane.infer(ctx, request.model, predict_request, (GENERATION,))
+    _, outputs = await plane.infer(ctx, request.model, predict_request, GENERATE)
     return json_reply(openai.completion_response(request.model, outputs, request.n))
 
 
@@ -60,7 +59,7 @@ async def _stream(
     first, items = await plane.stream(
         ctx,
         request.model,
-        (GENERATION,),
+        STREAM,
         request.prompts[0],
         request.max_tokens,
         request.generation_parameters(),
@@ -77,7 +76,7 @@ async def embeddings(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply:
         {"text": np.array(request.texts, dtype=object)},
         outputs=["embeddings", "_token_count"],
     )
-    _, outputs = await plane.infer(ctx, request.model, predict_request, (EMBEDDING,))
+    _, outputs = await plane.infer(ctx, request.model, predict_request, EMBED)
     return json_reply(
         openai.embedding_response(
             request.model, outputs["embeddings"], outputs["_token_count"], request.encoding_format

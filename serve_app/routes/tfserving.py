@@ -10,16 +10,18 @@ from serve_app.errors import NotFound
 from serve_app.http import Reply, json_reply
 from serve_app.jsonio import parse_json
 from serve_app.protocols import tfserving
-from serve_app.request import CLASSIFY, PREDICT, REGRESS, PredictRequest
+from serve_app.request import CLASSIFY, JSON_ROWS, PREDICT, REGRESS, PredictRequest
 
 
-def _decode(plane: DataPlane, action: str, body: bytes) -> tuple[PredictRequest, bool]:
+def _decode(
+    plane: DataPlane, action: str, body: bytes, json_instances: bool
+) -> tuple[PredictRequest, bool]:
     """A predict, classify or regress body; its instances are counted before they are
     decoded (413 past ``max_instances_per_request``)."""
     document = parse_json(body)
     plane.check_instances(_instance_count(document))
     if action == PREDICT:
-        return tfserving.decode_predict(document)
+        return tfserving.decode_predict(document, json_instances)
     return tfserving.decode_examples(document, action), True
 
 
@@ -54,10 +56,16 @@ async def post(plane: DataPlane, ctx: CallContext, path: str, body: bytes) -> Re
     if route.action not in (PREDICT, CLASSIFY, REGRESS):
         raise NotFound(f"/v1/models/{path}: POST needs :predict, :classify or :regress")
     await plane.lookup(ctx, route.name)
-    request, row_format = await limits.decode(len(body), _decode, plane, route.action, body)
+    model = plane.route_of(route.name)
+    json_instances = model is not None and model.json_instances
+    request, row_format = await limits.decode(
+        len(body), _decode, plane, route.action, body, json_instances
+    )
     request.version = route.version
     request.label = route.label
     _, outputs = await plane.infer(ctx, route.name, request)
+    if JSON_ROWS in outputs:  # rows the model's postprocess wrote as JSON already
+        return Reply(b'{"predictions":[' + b",".join(outputs[JSON_ROWS]) + b"]}")
     if route.action == CLASSIFY:
         return json_reply(tfserving.encode_classify(outputs))
     if route.action == REGRESS:

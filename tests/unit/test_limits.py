@@ -78,10 +78,10 @@ def test_instances_are_counted_before_they_are_decoded() -> None:
     # Five instances, the last of which would not even decode: the count refuses first.
     body = json.dumps({"instances": [[1.0], [1.0], [1.0], [1.0], [{"x": "y"}]]}).encode()
     with pytest.raises(PayloadTooLarge, match="5 instances"):
-        _decode(plane, "predict", body)
+        _decode(plane, "predict", body, False)
     columns = json.dumps({"inputs": {"x": [[1.0]] * 5}}).encode()
     with pytest.raises(PayloadTooLarge, match="5 instances"):
-        _decode(plane, "predict", columns)
+        _decode(plane, "predict", columns, False)
     examples = json.dumps({"examples": [{"x": 1.0}] * 5}).encode()
     with pytest.raises(PayloadTooLarge, match="5 instances"):
-        _decode(plane, "classify", examples)
+        _decode(plane, "classify", examples, False)

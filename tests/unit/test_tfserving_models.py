@@ -137,7 +137,7 @@ def test_bad_half_plus_two_fails_to_load_with_the_reason(executor: ThreadPoolExe
     with pytest.raises(ModelLoadError) as info:
         load(executor, TFSERVING_TESTDATA / "bad_half_plus_two" / VERSION)
     message = str(info.value)
-    assert "no saved_model.pb or model.keras" in message
+    assert "no saved_model.pb (SavedModel) or Keras file" in message
     assert "checkpoint, export, export.meta" in message
 
 

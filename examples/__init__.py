@@ -1,0 +1,1 @@
+"""Examples of moving an existing app onto the service (see each directory's README)."""

@@ -1,0 +1,1 @@
+"""A Flask app in the seeds' style, and the same logic as a Python model (``model.py``)."""
