@@ -38,7 +38,6 @@ run: models
 test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	bash tests/browser/install_chromium.sh
 	$(BIN)/python -m pytest -ra
 
 lint: $(STAMP)
