@@ -12,9 +12,9 @@
 # of the gpu target fails the build if any other CUDA stack got in.
 #
 # Non-root: the base image's user `ray` (uid 1000, gid 100). Layers from least to most often
-# changed: torch, then the dependencies (pyproject.toml only), then the code.
-# tensorflow-serving-api (TF Serving's protos) goes in with --no-deps, as in the Makefile: it
-# requires the full `tensorflow`, which would be installed over tensorflow-cpu.
+# changed: the dependencies (install/ and pyproject.toml only), then the code.
+# The cpu target installs through the same plan and lock as `make run` (install/README.md):
+# torch's CPU build, then install/lock/run.txt with hashes.
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-cpu
 
 FROM ${RAY_IMAGE} AS base
@@ -29,17 +29,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 # --- CPU -----------------------------------------------------------------------------------
 FROM base AS cpu-deps
-# PyTorch's CPU build (PyPI's Linux wheel would pull gigabytes of CUDA libraries).
-ARG TORCH_VERSION=2.13.0
-RUN pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
-# The dependencies alone, from pyproject.toml: a code change does not reinstall them.
-COPY --chown=ray:users pyproject.toml README.md ./
-RUN mkdir serve_app deployments \
-    && touch serve_app/__init__.py deployments/__init__.py \
-    && pip install ".[cpu]" \
-    && pip install --no-deps tensorflow-serving-api==2.21.0 \
-    && pip uninstall --yes serve-app \
-    && rm -rf serve_app deployments build *.egg-info
+# The dependencies alone (torch's CPU build, then the lock): a code change does not reinstall them.
+COPY --chown=ray:users install ./install
+RUN python install/plan.py run --skip project --skip check
 
 FROM cpu-deps AS cpu
 COPY --chown=ray:users serve_app ./serve_app
@@ -61,7 +53,6 @@ COPY --chown=ray:users pyproject.toml README.md ./
 RUN mkdir serve_app deployments \
     && touch serve_app/__init__.py deployments/__init__.py \
     && pip install --constraint /home/ray/cuda-constraints.txt ".[gpu]" \
-    && pip install --no-deps tensorflow-serving-api==2.21.0 \
     && pip uninstall --yes serve-app \
     && rm -rf serve_app deployments build *.egg-info
 # GKE mounts the node's driver (libcuda, NVML, nvidia-smi) under /usr/local/nvidia.
