@@ -37,7 +37,7 @@ def test_the_startup_probe_waits_for_readiness_on_the_served_port() -> None:
     budget = (
         CONTAINER["startupProbe"]["periodSeconds"] * CONTAINER["startupProbe"]["failureThreshold"]
     )
-    assert budget >= 180  # Ray's start and three models (cloudrun/README.md, "Start time")
+    assert budget >= 180  # Ray's start and three models (cloudrun/README.md, "Measured")
     assert CONTAINER["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
 
 
