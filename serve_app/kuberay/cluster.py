@@ -8,6 +8,11 @@ this one no longer does, while fields other managers own (the operator's status,
 ``kubectl edit``) stay theirs. ``dry_run`` asks the server to do all of that without storing
 anything, which is also how ``--diff`` learns what would change.
 
+Field validation is ``Strict``: a field the cluster's schema does not know (a RayService field
+from a newer KubeRay than the cluster's CRD, such as ``authOptions``) is an error, never
+silently dropped. Before applying a RayService, ``require_rayservice_fields`` reads the
+cluster's CRD and names the fields it lacks, with the fix (upgrade the operator).
+
 Every expected failure (no credentials, API unreachable, a kind the cluster does not serve,
 the KubeRay operator missing, a conflict, a rejected object) raises ``ClusterError`` with a
 message that says what to do.
@@ -39,6 +44,23 @@ from serve_app.kuberay.status import assess, describe, pod_problems
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
 FIELD_MANAGER = "serve-app"
+FIELD_VALIDATION = "Strict"  # an unknown field is an error (kube-apiserver's default: dropped)
+CRD_NAME = f"{PLURAL}.{GROUP}"
+# Fields of our RayService that older KubeRay CRDs lack: without them the cluster would run
+# without its auth token (authOptions, KubeRay 1.5+) or without the labels the ingress and
+# model groups are placed by. "[]" steps into a list's items.
+REQUIRED_RAYSERVICE_FIELDS = (
+    "spec.rayClusterConfig.authOptions",
+    "spec.rayClusterConfig.headGroupSpec.labels",
+    "spec.rayClusterConfig.workerGroupSpecs[].labels",
+)
+CRD_OUTDATED = (
+    "the cluster's RayService CRD ({crd}, {version}) does not know {fields}: the API server would"
+    " reject (or an older client silently drop) them. Upgrade the KubeRay operator and its CRDs"
+    " to v1.7.0 or newer (GKE: a newer cluster version brings a newer Ray Operator add-on;"
+    " elsewhere: helm upgrade kuberay-operator kuberay/kuberay-operator --version 1.7.0, and"
+    " kubectl apply --server-side -k the CRDs, which Helm does not upgrade)"
+)
 GKE_CREDENTIALS_HINT = (
     "for GKE: gcloud container clusters get-credentials CLUSTER --location LOCATION"
 )
@@ -159,6 +181,50 @@ def require_rayservice_crd(api: client.ApiClient) -> None:
             raise
     if PLURAL not in {resource.name for resource in found.resources or []}:
         raise ClusterError(CRD_MISSING)
+
+
+def require_rayservice_fields(
+    api: client.ApiClient, fields: tuple[str, ...] = REQUIRED_RAYSERVICE_FIELDS
+) -> None:
+    """Fail, naming them, when the cluster's RayService CRD lacks any of ``fields``.
+
+    Credentials that may not read CRDs (403) skip the check: the strict apply still refuses
+    unknown fields, with the API server's own message.
+    """
+    with api_errors(api):
+        try:
+            response = client.ApiextensionsV1Api(api).read_custom_resource_definition(
+                CRD_NAME, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status == 403:
+                return
+            if exc.status == 404:
+                raise ClusterError(CRD_MISSING) from None
+            raise
+    crd = json.loads(response.data)
+    versions = {v.get("name"): v for v in (crd.get("spec") or {}).get("versions") or []}
+    schema = ((versions.get(VERSION) or {}).get("schema") or {}).get("openAPIV3Schema") or {}
+    missing = [path for path in fields if not _schema_has(schema, path)]
+    if missing:
+        labels = (crd.get("metadata") or {}).get("labels") or {}
+        version = labels.get("app.kubernetes.io/version") or "version unknown"
+        raise ClusterError(
+            CRD_OUTDATED.format(crd=CRD_NAME, version=version, fields=", ".join(missing))
+        )
+
+
+def _schema_has(schema: dict[str, Any], path: str) -> bool:
+    """Whether an OpenAPI v3 schema declares ``path`` (``a.b[].c``)."""
+    node = schema
+    for step in path.split("."):
+        name, into_items = step.removesuffix("[]"), step.endswith("[]")
+        node = (node.get("properties") or {}).get(name)
+        if node is None:
+            return False
+        if into_items:
+            node = node.get("items") or {}
+    return True
 
 
 def apply_objects(
@@ -320,10 +386,17 @@ class _Applier:
                     field_manager=FIELD_MANAGER,
                     force_conflicts=True if self.force_conflicts else None,
                     dry_run="All" if self.dry_run else None,
+                    query_params=[("fieldValidation", FIELD_VALIDATION)],
                 ).to_dict()
             except ApiException as exc:
                 if exc.status == 409:
                     raise ClusterError(_conflict_message(f"{kind.lower()}/{name}", exc)) from None
+                if exc.status == 400 and "unknown field" in _status_message(exc):
+                    raise ClusterError(
+                        f"{kind.lower()}/{name}: {_status_message(exc)}. The cluster's schema"
+                        f" for {kind} does not know these fields, and strict field validation"
+                        " refuses to drop them: upgrade the operator or CRD that defines it"
+                    ) from None
                 raise
         if live is None:
             if self.dry_run and kind == "Namespace":

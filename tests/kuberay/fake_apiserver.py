@@ -10,6 +10,11 @@ way kube-apiserver does:
   server-side apply (``application/apply-patch+yaml``: create if absent, ``fieldManager``
   required, field ownership and conflicts in ``managedFields``, ``force``; see fake_ssa.py),
   ``dryRun=All`` on writes (checked and answered, not stored); other patch types get 415;
+- the RayService CRD (``apiextensions.k8s.io/v1``, from ``tests/data/kuberay/`` or the one a
+  test gives), and its schema applied to RayServices as kube-apiserver applies a structural
+  schema: ``fieldValidation=Strict`` turns an unknown field into 400 ("strict decoding error:
+  unknown field"); with ``prune_unknown_fields`` other applies drop them without a word (off
+  by default, so that the server's own tests can apply arbitrary specs);
 - a namespaced object needs its namespace to exist (404), as with the NamespaceLifecycle
   admission plugin;
 - the ``status`` subresource is the only way to change ``status``; writes to the main resource
@@ -20,6 +25,7 @@ way kube-apiserver does:
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import threading
@@ -34,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from tests.helpers import KUBERAY_CRDS
 from tests.kuberay import fake_ssa
 
 TOKEN = "test-token"
@@ -74,7 +81,50 @@ RESOURCES = [
     _r("gateway.networking.k8s.io/v1", "httproutes", "HTTPRoute"),
     _r("networking.gke.io/v1", "healthcheckpolicies", "HealthCheckPolicy"),
     _r("networking.gke.io/v1", "gcpbackendpolicies", "GCPBackendPolicy"),
+    _r(
+        "apiextensions.k8s.io/v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        namespaced=False,
+    ),
 ]
+
+
+@functools.cache
+def kuberay_rayservice_crd() -> dict[str, Any]:
+    """KubeRay v1.7.0's RayService CRD (parsed once; callers copy before changing it)."""
+    text = (KUBERAY_CRDS / "ray.io_rayservices.yaml").read_text()
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def unknown_fields(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Paths in ``obj`` that a structural schema does not declare (what pruning removes)."""
+    found: list[str] = []
+    if isinstance(obj, dict) and "properties" in schema:
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            props = schema["properties"]
+            for key, value in obj.items():
+                where = f"{path}.{key}" if path else key
+                if key in props:
+                    found += unknown_fields(value, props[key], where)
+                elif not (path == "" and key in ("apiVersion", "kind", "metadata")):
+                    found.append(where)
+    elif isinstance(obj, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, value in obj.items():
+            found += unknown_fields(value, schema["additionalProperties"], f"{path}.{key}")
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for i, value in enumerate(obj):
+            found += unknown_fields(value, schema["items"], f"{path}[{i}]")
+    return found
+
+
+def _prune(obj: dict[str, Any], paths: list[str]) -> None:
+    for path in paths:
+        steps = [s for s in path.replace("[", ".[").split(".") if s]
+        node: Any = obj
+        for step in steps[:-1]:
+            node = node[int(step[1:-1])] if step.startswith("[") else node[step]
+        node.pop(steps[-1], None)
 
 
 class ApiError(Exception):
@@ -90,6 +140,9 @@ class FakeApiServer:
 
     crd_installed: bool = True
     missing_groups: tuple[str, ...] = ()
+    # The RayService CRD the cluster has (default: KubeRay v1.7.0's); tests give older ones.
+    rayservice_crd: dict[str, Any] | None = None
+    prune_unknown_fields: bool = False
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -99,6 +152,18 @@ class FakeApiServer:
     def resources(self) -> list[Resource]:
         missing = set(self.missing_groups) | (set() if self.crd_installed else {"ray.io"})
         return [r for r in RESOURCES if r.group not in missing]
+
+    def crds(self) -> dict[str, dict[str, Any]]:
+        """The installed CRDs by name, kept apart from ``objects`` (what clients applied)."""
+        if not self.crd_installed:
+            return {}
+        crd = self.rayservice_crd or kuberay_rayservice_crd()
+        return {crd["metadata"]["name"]: crd}
+
+    def rayservice_schema(self) -> dict[str, Any]:
+        crd = self.crds()["rayservices.ray.io"]
+        (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        return v1["schema"]["openAPIV3Schema"]
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A stored object (a copy), for assertions."""
@@ -187,7 +252,10 @@ class FakeApiServer:
     def _read(
         self, resource: Resource, namespace: str, name: str, subresource: str = ""
     ) -> dict[str, Any]:
-        found = self.objects.get(self._key(resource, namespace, name))
+        if resource.plural == "customresourcedefinitions":
+            found = self.crds().get(name)
+        else:
+            found = self.objects.get(self._key(resource, namespace, name))
         if found is None:
             qualified = f"{resource.plural}.{resource.group}" if resource.group else resource.plural
             raise ApiError(404, "NotFound", f'{qualified} "{name}" not found')
@@ -258,6 +326,13 @@ class FakeApiServer:
                 f" ({name})",
             )
         self._check_namespace(resource, namespace)
+        if resource.kind == "RayService":
+            unknown = unknown_fields(applied, self.rayservice_schema())
+            if unknown and query.get("fieldValidation") == "Strict":
+                fields = ", ".join(f'unknown field "{u}"' for u in unknown)
+                raise ApiError(400, "BadRequest", f"strict decoding error: {fields}")
+            if self.prune_unknown_fields:
+                _prune(applied, unknown)
         key = self._key(resource, namespace, name)
         live = self.objects.get(key)
         try:

@@ -1,6 +1,6 @@
 """Validation of rendered manifests against the schemas a real cluster would apply.
 
-- KubeRay's CRDs (``../shared/kuberay/``, v1.7.0): their ``openAPIV3Schema``, made strict the way
+- KubeRay's CRDs (``tests/data/kuberay/``, v1.7.0): their ``openAPIV3Schema``, made strict the way
   ``kubectl apply`` (server-side field validation ``Strict``) is: an unknown field is an error.
 - Kubernetes' own types, from ``kubernetes-validate``'s bundled JSON schemas (strict variant):
   whole core objects, and each pod template embedded in the RayService.
@@ -17,9 +17,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from tests.helpers import SHARED
+from tests.helpers import KUBERAY_CRDS
 
-KUBERAY_CRDS = SHARED / "kuberay"
 # GKE's regular channel as of this writing; kubernetes-validate picks its nearest schema set.
 KUBERNETES_VERSION = "1.34"
 
