@@ -34,7 +34,7 @@ import numpy as np
 MODELS = ("digits", "minilm", "minilm-onnx", "digits-python")
 # The kind of each model: which requests it takes and which answers it gives.
 KINDS = {"digits": "digits", "minilm": "minilm", "minilm-onnx": "minilm", "digits-python": "digits"}
-# The served ONNX model's intra-op threads (its OMP_NUM_THREADS in serve_config.yaml).
+# The served ONNX model's threads in all: 2 replicas x 1 (OMP_NUM_THREADS in serve_config.yaml).
 ONNX_THREADS = 2
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"

@@ -77,6 +77,10 @@ class OnnxOptions(BaseModel):
     # if set, else ONNX Runtime's default (the machine's cores).
     intra_op_threads: Annotated[int, Field(ge=1, le=256)] | None = None
     inter_op_threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    # ONNX Runtime's compute threads spin while they wait for work: faster on cores of their
+    # own, but on cores shared with the ingress and other replicas they take the CPU those
+    # need (bench/NOTES.md, "ONNX Runtime"). Off unless asked for.
+    allow_spinning: bool = False
 
 
 class OnnxModel(Servable):
@@ -101,6 +105,9 @@ class OnnxModel(Servable):
             session_options.intra_op_num_threads = threads
         if options.inter_op_threads:
             session_options.inter_op_num_threads = options.inter_op_threads
+        spin = "1" if options.allow_spinning else "0"
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         file = onnx_file(self.name, self.spec.uri, path, options.file)
         try:
             self._session = ort.InferenceSession(str(file), session_options, providers=providers)

@@ -32,7 +32,7 @@ TFSERVING_MODULES = (
 OIP_MODULES = ("tritonclient.grpc.service_pb2",)
 # Where each top-level package comes from, for the error when one is missing.
 _DISTRIBUTIONS = {
-    "tensorflow_serving": "tensorflow-serving-api (pip install --no-deps tensorflow-serving-api)",
+    "tensorflow_serving": "tensorflow-serving-api (in the cpu extra: make install-run)",
     "tensorflow": "tensorflow-cpu or tensorflow",
     "tritonclient": "tritonclient",
 }

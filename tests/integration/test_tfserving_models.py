@@ -166,5 +166,5 @@ def test_bad_half_plus_two_fails_with_the_reason_while_the_others_serve(url: str
     response = call(url, "bad:predict", {"instances": [2.0]})
     assert response.status_code == 503
     error = response.json()["error"]
-    assert "no saved_model.pb or model.keras" in error and "export.meta" in error
+    assert "no saved_model.pb (SavedModel) or Keras file" in error and "export.meta" in error
     assert call(url, "half_plus_two:predict", {"instances": [2.0]}).status_code == 200
