@@ -115,14 +115,24 @@ def _short_repr(value: Any) -> str:
         return "(an integer of thousands of digits)"
 
 
+_SCALARS = (str, int, float, bool)
+MAX_PARAMETER_ITEMS = 64
+
+
 def _parameters(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise InvalidInput(f"'{where}' must be an object")
     for key, item in value.items():
-        if not isinstance(item, (str, int, float, bool, list)):
-            raise InvalidInput(f"{where}.{key} must be a string, number, boolean or list")
+        # Scalars, and flat lists of them (generation's ``stop``): a nested value could not
+        # travel in a coalesced call, and would fail the requests beside it.
+        items = item if isinstance(item, list) else [item]
+        if len(items) > MAX_PARAMETER_ITEMS or not all(isinstance(i, _SCALARS) for i in items):
+            raise InvalidInput(
+                f"{where}.{key} must be a string, number, boolean or a list of at most"
+                f" {MAX_PARAMETER_ITEMS} of them (not nested)"
+            )
     return value
 
 

@@ -300,3 +300,26 @@ def test_answers_are_written_byte_for_byte_as_json_writes_them() -> None:
             body, header_length = v2.encode_infer("m-é", 3, infer, outputs)
             assert header_length is None
             assert body == _reference_body("m-é", 3, infer, outputs), outputs
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"deep": json.loads("[" * 500 + "]" * 500)},  # could not be pickled in a coalesced call
+        {"nested": [[1, 2]]},
+        {"mapping": {"a": 1}},
+        {"long": list(range(65))},
+    ],
+)
+def test_parameters_are_scalars_or_flat_lists_of_them(parameters: dict) -> None:
+    tensor = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}
+    with pytest.raises(InvalidInput, match="a list of at most 64 of them"):
+        decode_infer(body({"inputs": [tensor], "parameters": parameters}), None)
+    with pytest.raises(InvalidInput, match="inputs\\[0\\].parameters"):
+        decode_infer(body({"inputs": [{**tensor, "parameters": parameters}]}), None)
+
+
+def test_flat_parameter_lists_are_kept() -> None:
+    tensor = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}
+    infer = decode_infer(body({"inputs": [tensor], "parameters": {"stop": ["\n", "."]}}), None)
+    assert infer.request.parameters == {"stop": ["\n", "."]}
