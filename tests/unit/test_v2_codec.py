@@ -315,7 +315,7 @@ def test_parameters_are_scalars_or_flat_lists_of_them(parameters: dict) -> None:
     tensor = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}
     with pytest.raises(InvalidInput, match="a list of at most 64 of them"):
         decode_infer(body({"inputs": [tensor], "parameters": parameters}), None)
-    with pytest.raises(InvalidInput, match="inputs\\[0\\].parameters"):
+    with pytest.raises(InvalidInput, match=r"inputs\[0\]\.parameters"):
         decode_infer(body({"inputs": [{**tensor, "parameters": parameters}]}), None)
 
 
