@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+# Bearer tokens, from the config or the environment: long enough not to be guessed.
+MIN_TOKEN_CHARS, MAX_TOKEN_CHARS = 16, 512
 _NAME = re.compile(MODEL_NAME_PATTERN)
 # Ray accelerator types: L4, T4, A100, A100-80G, H100, TPU-V5E, ...
 ACCELERATOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -403,7 +405,9 @@ class IngressSpec(_Strict):
     request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     max_request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
     # Bearer tokens accepted by the model routes (health routes stay open); none: no auth.
-    auth_tokens: list[Annotated[str, Field(min_length=16, max_length=512)]] = []
+    auth_tokens: list[
+        Annotated[str, Field(min_length=MIN_TOKEN_CHARS, max_length=MAX_TOKEN_CHARS)]
+    ] = []
     # The name of an environment variable (on the ingress replica) holding more tokens,
     # comma-separated, so secrets need not be written in serve_config.yaml.
     auth_tokens_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app import metrics
-from serve_app.config import IngressSpec
+from serve_app.config import MAX_TOKEN_CHARS, MIN_TOKEN_CHARS, ConfigError, IngressSpec
 from serve_app.errors import InvalidInput, ServingError, Unauthorized
 
 logger = logging.getLogger("ray.serve")
@@ -53,8 +53,7 @@ class Settings:
         spec = IngressSpec.model_validate(args)
         tokens = list(spec.auth_tokens)
         if spec.auth_tokens_env:
-            value = os.environ.get(spec.auth_tokens_env, "")
-            tokens += [t.strip() for t in value.split(",") if t.strip()]
+            tokens += env_tokens(spec.auth_tokens_env)
         return cls(
             max_request_bytes=spec.max_request_bytes,
             max_buffered_bytes=spec.max_buffered_bytes,
@@ -66,6 +65,28 @@ class Settings:
             retry_after_s=spec.overload.retry_after_s,
             access_log=spec.access_log,
         )
+
+
+def env_tokens(variable: str) -> list[str]:
+    """The comma-separated tokens of an environment variable, held to the config's length
+    rule. A variable that is unset or holds no usable token refuses to start the ingress:
+    auth must never fail open."""
+    value = os.environ.get(variable, "")
+    tokens = [t.strip() for t in value.split(",") if t.strip()]
+    if not tokens:
+        raise ConfigError(
+            f"ingress.auth_tokens_env names {variable}, which holds no token (it is"
+            f" {'unset' if variable not in os.environ else 'blank'}); set it to"
+            " comma-separated tokens or remove auth_tokens_env"
+        )
+    bad = [i for i, t in enumerate(tokens) if not MIN_TOKEN_CHARS <= len(t) <= MAX_TOKEN_CHARS]
+    if bad:
+        raise ConfigError(
+            f"ingress.auth_tokens_env: token {bad[0]} of {variable} has"
+            f" {len(tokens[bad[0]])} characters; tokens need {MIN_TOKEN_CHARS} to"
+            f" {MAX_TOKEN_CHARS}"
+        )
+    return tokens
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import re
 
 import pytest
 
@@ -83,6 +84,23 @@ def test_settings_from_args_merges_env_tokens(monkeypatch):
     )
     assert settings.tokens == (TOKEN, "a-token-from-the-env", "other-token-from-env")
     assert settings.overload_status == 429
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (None, "holds no token (it is unset)"),
+        ("   ", "holds no token (it is blank)"),
+        (" , ,, ", "holds no token (it is blank)"),
+        ("a-token-from-the-env,x", "token 1 of MY_TOKENS has 1 characters; tokens need 16"),
+    ],
+)
+def test_auth_never_fails_open_on_an_empty_or_weak_env_variable(monkeypatch, value, fragment):
+    monkeypatch.delenv("MY_TOKENS", raising=False)
+    if value is not None:
+        monkeypatch.setenv("MY_TOKENS", value)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        guard.Settings.from_args({"auth_tokens_env": "MY_TOKENS"})
 
 
 def test_effective_timeout_defaults_bounds_and_refuses():
