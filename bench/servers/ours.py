@@ -44,6 +44,24 @@ FALLBACK_PORTS = (8500, 9500)
 # ``digits-python``: the default fleet plus the digits model wrapped as a Python model, its
 # application as digits' own but for the framework (bench/python_digits.py).
 PYTHON_DIGITS = "digits-python"
+ONNX_MINILM = "minilm-onnx"
+ONNX_APP: dict[str, Any] = {
+    "name": ONNX_MINILM,
+    "route_prefix": None,
+    "import_path": "serve_app.app:build_model",
+    "logging_config": {"enable_access_log": False},
+    "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}},
+    "args": {
+        "name": ONNX_MINILM,
+        "framework": "onnx",
+        "task": "feature-extraction",
+        "uri": "model_repository/minilm-onnx",
+        "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0},
+        "resources": {"num_cpus": 0.2},
+        "num_replicas": 2,
+        "max_queued_requests": 256,
+    },
+}
 PYTHON_DIGITS_CLASS = "bench.python_digits:WrappedDigits"
 
 
@@ -56,6 +74,8 @@ def config_for(model: str) -> dict[str, Any]:
     """The config served for ``model``: ``serve_config.yaml``, plus the wrapped digits
     application for ``digits-python``."""
     config = load_config()
+    if model == ONNX_MINILM:  # the application README's "ONNX Runtime" shows
+        config["applications"].append(copy.deepcopy(ONNX_APP))
     if model == PYTHON_DIGITS:
         digits = next(a for a in config["applications"] if a["name"] == "digits")
         wrapped = copy.deepcopy(digits)
@@ -130,7 +150,7 @@ class ServeApp(Server):
         """``serve run serve_config.yaml``, run from the repository root (its model URIs
         are relative to it); ``digits-python``: that config plus the wrapped model."""
         config = CONFIG
-        if model == PYTHON_DIGITS:
+        if model in (PYTHON_DIGITS, ONNX_MINILM):
             config = str(workdir / "serve_config.yaml")
             Path(config).write_text(yaml.safe_dump(config_for(model), sort_keys=False))
         return [str(REPO_ROOT / ".venv" / "bin" / "serve"), "run", config]

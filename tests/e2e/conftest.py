@@ -44,7 +44,7 @@ def served_fleet() -> Iterator[None]:
         env={**os.environ, **FAST_PATH_ENV, "HF_HUB_OFFLINE": "1"},  # as `make run`
     )
     try:
-        for model in ("digits", "minilm", "minilm-onnx", "tiny-gpt2"):
+        for model in ("digits", "minilm", "tiny-gpt2"):
             wait_for(
                 lambda m=model: requests.get(f"{BASE_URL}/v1/models/{m}", timeout=5).ok,
                 300,

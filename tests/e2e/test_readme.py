@@ -40,7 +40,7 @@ def same_output(actual: str, expected: str) -> bool:
 
 def test_readme_has_examples_for_every_model() -> None:
     commands = " ".join(command for command, _ in readme_examples())
-    for model in ("digits", "minilm", "minilm-onnx", "tiny-gpt2"):
+    for model in ("digits", "minilm", "tiny-gpt2"):
         assert f"/v1/models/{model}:predict" in commands
 
 
@@ -62,5 +62,5 @@ def test_serve_status_shows_the_fleet(served_fleet: None) -> None:
         env={**os.environ, "RAY_AUTH_MODE": "token"},
     )
     assert result.returncode == 0, result.stderr
-    for name in ("digits", "minilm", "minilm-onnx", "tiny-gpt2", "Ingress"):
+    for name in ("digits", "minilm", "tiny-gpt2", "Ingress"):
         assert f"{name}:\n        status: HEALTHY" in result.stdout

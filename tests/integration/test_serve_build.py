@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_serve_config_is_valid_for_serve_and_for_us() -> None:
     ServeDeploySchema.model_validate(yaml.safe_load(DEFAULT_CONFIG.read_text()))
     config = parse_app_config(fleet_args())
-    assert [m.name for m in config.models] == ["digits", "minilm", "minilm-onnx", "tiny-gpt2"]
+    assert [m.name for m in config.models] == ["digits", "minilm", "tiny-gpt2"]
 
 
 def test_serve_build_generates_a_deployable_config(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_serve_build_generates_a_deployable_config(tmp_path: Path) -> None:
     (application,) = built["applications"]
     assert application["import_path"] == "serve_app.default_app:app"
     deployments = {d["name"]: d for d in application["deployments"]}
-    assert set(deployments) == {"digits", "minilm", "minilm-onnx", "tiny-gpt2", "Ingress"}
+    assert set(deployments) == {"digits", "minilm", "tiny-gpt2", "Ingress"}
     hot = deployments["digits"]["user_config"]
     assert hot["batching"] == {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
     assert hot["version_policy"]["latest"] == 1 and hot["labels"] == {}

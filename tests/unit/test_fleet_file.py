@@ -23,7 +23,7 @@ def test_the_default_fleet_is_one_ingress_and_one_application_per_model() -> Non
     fleet = check_fleet(DEFAULT)
     assert fleet.problems == []
     assert fleet.ingresses == ["ingress"]
-    assert sorted(fleet.models) == ["digits", "minilm", "minilm-onnx", "tiny-gpt2"]
+    assert sorted(fleet.models) == ["digits", "minilm", "tiny-gpt2"]
     for name in fleet.models:
         assert _apps(DEFAULT)[name]["route_prefix"] is None
 
@@ -75,7 +75,7 @@ def test_mistakes_are_named(change, fragment: str) -> None:
 
 def test_serve_app_check_exits_non_zero_on_a_mistake(tmp_path: Path, capsys) -> None:
     assert main(["check", str(ROOT / "serve_config.yaml")]) == 0
-    assert "ok (1 ingress, 4 models, 0 pools)" in capsys.readouterr().out
+    assert "ok (1 ingress, 3 models, 0 pools)" in capsys.readouterr().out
     document = copy.deepcopy(DEFAULT)
     _apps(document)["digits"]["args"]["framework"] = "caffe"
     bad = tmp_path / "fleet.yaml"
