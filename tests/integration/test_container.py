@@ -25,7 +25,10 @@ SEVEN = [0.0, 0.0, 0.125, 0.8125, 1.0, 0.5625, 0.0, 0.0] + [0.5] * 56
 def test_the_entry_point_serves_the_fleet_on_port_and_stops_on_sigterm(tmp_path) -> None:
     build_model_repository(ROOT / "model_repository")
     port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "PORT": str(port), "GRPC_PORT": str(grpc_port)}
+    # A Ray of its own, as in a container: without its own temp dir, `serve run` would join
+    # the test session's running Ray (found through the temp dir) and never serve on PORT.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PORT=str(port), GRPC_PORT=str(grpc_port), RAY_TMPDIR=f"/tmp/ray-ct-{port}")
     env["SERVE_APP_CACHE_DIR"] = str(tmp_path / "cache")
     log = (tmp_path / "entrypoint.log").open("w")
     started = time.monotonic()
