@@ -160,6 +160,8 @@ class OnnxModel(Servable):
                 f" shape [batch, tokens, hidden], the graph's is {hidden}"
             )
         self._text_signature = embedding_signature(hidden[-1])
+        # Read once here, not per batch: the graph's output of token states.
+        self._hidden_output = self._output_specs()[0].name
 
     def signatures(self) -> dict[str, Signature]:
         if self._tokenizer is not None:
@@ -192,7 +194,7 @@ class OnnxModel(Servable):
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
         feeds = {name: columns[name] for name in self._feeds if name in columns}
-        (hidden,) = self._session.run([self._output_specs()[0].name], feeds)
+        (hidden,) = self._session.run([self._hidden_output], feeds)
         return {
             "embeddings": mean_pool(hidden, mask),
             "_token_count": mask.sum(axis=1).astype(np.int32),
