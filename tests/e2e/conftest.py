@@ -22,9 +22,10 @@ BASE_URL = "http://127.0.0.1:8000"
 GRPC_PORT = 9000  # serve_config.yaml's grpc_options
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped before the integration tests start theirs
 def served_fleet() -> Iterator[None]:
-    """The default fleet with the fast-path environment, on port 8000; stopped at the end."""
+    """The default fleet with the fast-path environment, on port 8000; stopped after the
+    e2e tests."""
     try:
         requests.get(BASE_URL, timeout=1)
         pytest.fail("port 8000 is already in use; stop the other server first")

@@ -29,6 +29,12 @@ def test_the_entry_point_serves_the_fleet_on_port_and_stops_on_sigterm(tmp_path)
     # the test session's running Ray (found through the temp dir) and never serve on PORT.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PORT=str(port), GRPC_PORT=str(grpc_port), RAY_TMPDIR=f"/tmp/ray-ct-{port}")
+    # HAProxy's stats and metrics listen on fixed ports (8404, 9101): another fast-path
+    # server on this machine (a developer's `make run`) holds them, and HAProxy would not start.
+    env.update(
+        RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
+        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
+    )
     env["SERVE_APP_CACHE_DIR"] = str(tmp_path / "cache")
     log = (tmp_path / "entrypoint.log").open("w")
     started = time.monotonic()
@@ -44,7 +50,12 @@ def test_the_entry_point_serves_the_fleet_on_port_and_stops_on_sigterm(tmp_path)
             )
             return response if response.status_code == 200 else None
 
-        response = wait_for(answered, 600, f"the entry point to answer on port {port}")
+        try:
+            response = wait_for(answered, 600, f"the entry point to answer on port {port}")
+        except AssertionError:
+            log.flush()
+            print((tmp_path / "entrypoint.log").read_text()[-6000:])  # why it never answered
+            raise
         print(f"start to first answer: {time.monotonic() - started:.1f} s")
         assert len(response.json()["predictions"][0]) == 10
         for model in ("minilm", "tiny-gpt2"):
