@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,6 +21,8 @@ class GenerationParameters(BaseModel):
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     stop: Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] = []
+    # Each text is a JSON list of messages, rendered with the model's chat template.
+    chat: bool = False
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -86,3 +89,26 @@ class StopScanner:
     def _emit_to(self, end: int) -> str:
         delta, self.emitted = self.text[self.emitted : end], max(self.emitted, end)
         return delta
+
+
+def chat_messages(conversation: str) -> list[dict[str, str]]:
+    """The messages of a chat request's text: a JSON list of ``{"role", "content"}``."""
+    try:
+        messages = json.loads(conversation)
+    except ValueError:
+        messages = None
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    ):
+        raise InvalidInput(
+            "with parameter chat, each text must be a JSON list of messages, each"
+            ' {"role": string, "content": string}'
+        )
+    return messages

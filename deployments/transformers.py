@@ -7,10 +7,11 @@ run code. torch and transformers are imported inside ``load``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 from deployments.generation import (
     GenerationParameters,
     StopScanner,
+    chat_messages,
     cut_at_stop,
     parse_generation_parameters,
 )
@@ -35,7 +37,7 @@ from deployments.text import (
     texts_of,
 )
 from serve_app.errors import DeadlineExceeded, InvalidInput
-from serve_app.request import EMBED, GENERATE, PREDICT, STREAM
+from serve_app.request import EMBED, GENERATE, PREDICT, STREAM, PredictRequest
 
 DEFAULT_MAX_NEW_TOKENS = 32
 MAX_NEW_TOKENS_LIMIT = 1024
@@ -128,6 +130,37 @@ class TransformersModel(Servable):
         if row is not None and self.spec.task == "text-generation":
             row["max_new_tokens"] = np.array([1], dtype=np.int32)  # a check, not a workload
         return row
+
+    def preprocesses(self, request: PredictRequest) -> bool:
+        """Chat requests are rendered with the chat template, off the event loop."""
+        return self.spec.task == "text-generation" and request.parameters.get("chat") is True
+
+    def preprocess(self, request: PredictRequest) -> dict[str | None, np.ndarray]:
+        """A chat request's inputs with each text (a JSON list of messages) rendered."""
+        inputs = dict(request.inputs or {})
+        key = "text" if "text" in inputs else None
+        if key not in inputs:
+            raise InvalidInput("a chat request needs its text input")
+        texts = check_texts(np.asarray(inputs[key]).reshape(-1), "text")
+        inputs[key] = np.array([self.render_chat(text) for text in texts], dtype=object)
+        return inputs
+
+    def render_chat(self, conversation: str) -> str:
+        """One conversation as the prompt the model's chat template makes of it."""
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise InvalidInput(
+                f"model '{self.name}' has no chat template: ship one as chat_template.jinja in"
+                " its version directory (or in its tokenizer), or use /v1/completions"
+            )
+        messages = chat_messages(conversation)
+        try:
+            return self._tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # the template refused the conversation (e.g. role order)
+            raise InvalidInput(
+                f"model '{self.name}''s chat template refused the messages: {exc}"
+            ) from None
 
     def check_request(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]) -> None:
         """Every text is valid Unicode (UTF-8 for bytes) before it can join a batch, where a
@@ -239,8 +272,6 @@ class TransformersModel(Servable):
     def _generate_kwargs(
         self, budget: int, settings: GenerationParameters, stop: StopCheck | None
     ) -> dict[str, Any]:
-        if settings.seed is not None:
-            self._torch.manual_seed(settings.seed)  # model calls run one at a time
         kwargs: dict[str, Any] = {
             "max_new_tokens": budget,
             "do_sample": settings.sampling,
@@ -252,6 +283,18 @@ class TransformersModel(Servable):
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
         return kwargs
 
+    @contextlib.contextmanager
+    def _seeded(self, seed: int | None) -> Iterator[None]:
+        """For a seeded request, torch's generator forked and seeded for its call alone: the
+        global generator that other requests sample from is restored afterwards."""
+        if seed is None:
+            yield
+            return
+        devices = [self._device] if str(self._device).startswith("cuda") else []
+        with self._torch.random.fork_rng(devices=devices):
+            self._torch.manual_seed(seed)
+            yield
+
     def _generate_rows(
         self,
         texts: list[str],
@@ -262,7 +305,8 @@ class TransformersModel(Servable):
         encoded = self._encode(texts)
         width = encoded["input_ids"].shape[1]
         kwargs = self._generate_kwargs(budget, settings, stop)
-        generated = self._model.generate(**encoded, **kwargs)
+        with self._seeded(settings.seed):
+            generated = self._model.generate(**encoded, **kwargs)
         eos = self._tokenizer.eos_token_id
         results = []
         for row, ids in enumerate(generated[:, width:].tolist()):
@@ -297,6 +341,8 @@ class TransformersModel(Servable):
         """
         if self.spec.task != "text-generation":
             raise InvalidInput(f"model '{self.name}' is not a text-generation model")
+        if parameters.get("chat") is True:
+            text = await asyncio.to_thread(self.render_chat, text)
         inputs = {
             "text": np.array([text], dtype=object),
             "max_new_tokens": np.array([max_new_tokens], dtype=np.int32),
@@ -315,7 +361,7 @@ class TransformersModel(Servable):
         kwargs = {**self._generate_kwargs(max_new_tokens, settings, stop), "streamer": streamer}
 
         def run() -> Any:
-            with self._torch.inference_mode():
+            with self._torch.inference_mode(), self._seeded(settings.seed):
                 return self._model.generate(**encoded, **kwargs)
 
         loop = asyncio.get_running_loop()

@@ -226,8 +226,19 @@ def build_minilm_onnx(root: Path) -> Path:
     return model_dir
 
 
-def build_tiny_gpt2(root: Path, version: int = 1) -> Path:
-    """Save a randomly initialised tiny GPT-2 and its tokenizer; return ``root/tiny-gpt2``."""
+# tiny-gpt2's chat template (saved as chat_template.jinja): "role: content" lines, then the
+# assistant's turn. /v1/chat/completions renders conversations with it.
+TINY_GPT2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def build_tiny_gpt2(
+    root: Path, version: int = 1, name: str = TINY_GPT2, chat_template: bool = True
+) -> Path:
+    """Save a randomly initialised tiny GPT-2 and its tokenizer (with a chat template unless
+    ``chat_template`` is false); return ``root/<name>``."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -249,7 +260,9 @@ def build_tiny_gpt2(root: Path, version: int = 1) -> Path:
         model = GPT2LMHeadModel(config).eval()
     model.generation_config.pad_token_id = eos_id
 
-    model_dir = Path(root) / TINY_GPT2
+    if chat_template:
+        tokenizer.chat_template = TINY_GPT2_CHAT_TEMPLATE
+    model_dir = Path(root) / name
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(version_dir)
@@ -276,7 +289,15 @@ _REQUIRED_FILES: dict[str, dict[int, tuple[str, ...]]] = {
     DIGITS: {1: ("model.keras",), 2: ("model.keras",)},
     MINILM: {1: MINILM_FILES},
     MINILM_ONNX: {1: ("model.onnx", "tokenizer.json", "config.json")},
-    TINY_GPT2: {1: ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")},
+    TINY_GPT2: {
+        1: (
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "chat_template.jinja",
+        )
+    },
 }
 
 

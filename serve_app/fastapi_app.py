@@ -103,6 +103,16 @@ def build_fastapi_app(plane: DataPlane) -> FastAPI:
         finally:
             plane.bodies.give(len(body))
 
+    @api.post("/v1/chat/completions")
+    async def post_openai_chat_completions(request: Request) -> Response:
+        limit = plane.settings.max_request_bytes
+        declared = request.headers.get("content-length")
+        body = await read_body(request.receive, declared, limit, plane.bodies)
+        try:
+            return _response(await openai.chat_completions(plane, ctx(), body))
+        finally:
+            plane.bodies.give(len(body))
+
     # --- the status page -------------------------------------------------------------------
     # ``/`` is static (no token: it is also what a load balancer checks); the data it shows
     # comes from ``/fleet``, guarded like every other route.

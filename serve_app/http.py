@@ -15,7 +15,7 @@ from serve_app.jsonio import json_bytes
 from serve_app.limits import BodyBudget
 from serve_app.protocols import openai
 
-OPENAI_PATHS = ("/v1/completions", "/v1/embeddings", "/v1/models")
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models")
 JSON = "application/json"
 # A Content-Length of more digits is over any limit (and int() of 5,000 digits fails).
 MAX_LENGTH_DIGITS = 18

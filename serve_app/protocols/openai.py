@@ -1,4 +1,5 @@
-"""OpenAI-compatible bodies: completions (plain and streamed) and embeddings."""
+"""OpenAI-compatible bodies: completions and chat completions (plain and streamed), and
+embeddings."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from serve_app.errors import InvalidInput, ServingError
 
 MAX_N = 8
 MAX_PROMPTS = 64
+MAX_MESSAGES = 256
+DEFAULT_MAX_TOKENS = 16
 
 
 class _Request(BaseModel):
@@ -65,6 +68,73 @@ class CompletionRequest(_Request):
         return parameters
 
 
+class TextPart(BaseModel):
+    """One part of a message's content; only text is supported."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One message of a conversation, as the chat template takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | Annotated[list[TextPart], Field(min_length=1)]
+    name: str | None = None
+
+    def as_template_input(self) -> dict[str, str]:
+        """``{"role", "content"}`` with the content as one string."""
+        if isinstance(self.content, str):
+            return {"role": self.role, "content": self.content}
+        return {"role": self.role, "content": "".join(part.text for part in self.content)}
+
+
+class ChatCompletionRequest(_Request):
+    """``POST /v1/chat/completions``. Fields that are not declared (``tools``,
+    ``response_format``, ``logit_bias``, ...) are refused by name."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    # Accepted at their neutral values only: anything else would be silently ignored.
+    n: Literal[1] | None = None
+    frequency_penalty: Literal[0, 0.0] | None = None
+    presence_penalty: Literal[0, 0.0] | None = None
+    logprobs: Literal[False] | None = None
+
+    @property
+    def token_budget(self) -> int:
+        """``max_completion_tokens`` (the current name), else ``max_tokens``, else 16."""
+        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+
+    def conversation(self) -> str:
+        """The messages as the JSON text the model's chat template renders."""
+        return json.dumps([m.as_template_input() for m in self.messages], ensure_ascii=False)
+
+    def generation_parameters(self) -> dict[str, Any]:
+        """Parameters for the model's text-generation signature, with ``chat`` on."""
+        parameters: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "chat": True,
+        }
+        if self.stop:
+            parameters["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
+        if self.seed is not None:
+            parameters["seed"] = self.seed
+        return parameters
+
+
 class EmbeddingRequest(_Request):
     """``POST /v1/embeddings``."""
 
@@ -75,6 +145,17 @@ class EmbeddingRequest(_Request):
     @property
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+# Options accepted only at the value that changes nothing, and what that value is.
+NEUTRAL_ONLY = {
+    "n": "1",
+    "frequency_penalty": "0",
+    "presence_penalty": "0",
+    "logprobs": "false",
+    "echo": "false",
+    "best_of": "1",
+}
 
 
 def parse(model: type[_Request], body: Any) -> Any:
@@ -89,6 +170,9 @@ def parse(model: type[_Request], body: Any) -> Any:
             where = ".".join(str(p) for p in error["loc"]) or "body"
             if error["type"] == "extra_forbidden":
                 problems.append(f"'{where}' is not supported")
+            elif error["type"] == "literal_error" and error["loc"][-1] in NEUTRAL_ONLY:
+                allowed = NEUTRAL_ONLY[error["loc"][-1]]
+                problems.append(f"'{where}' is not supported (only {allowed} is accepted)")
             else:
                 problems.append(f"'{where}': {error['msg']}")
         raise InvalidInput("; ".join(problems)) from None
@@ -213,6 +297,66 @@ def embedding_response(
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+def chat_response(model: str, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A chat completion from the model's one row."""
+    prompt_tokens = int(outputs["_prompt_tokens"][0])
+    completion_tokens = int(outputs["_completion_tokens"][0])
+    message = {"role": "assistant", "content": str(outputs["_completion"][0])}
+    return {
+        "id": _chat_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": str(outputs["_finish_reason"][0]),
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+class ChatStream(CompletionStream):
+    """Server-sent ``chat.completion.chunk`` events: the assistant's role first, then content
+    deltas, the finish reason (an empty delta), optional usage, and ``data: [DONE]``."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        super().__init__(model, include_usage)
+        self.id = _chat_id()
+        self.started = False
+
+    def chunk(self, text: str, finish_reason: str | None = None) -> bytes:
+        events = b""
+        if not self.started:  # OpenAI's first chunk carries the role alone
+            self.started = True
+            events = self._choice({"role": "assistant", "content": ""}, None)
+        delta = {"content": text} if finish_reason is None else {}
+        return events + self._choice(delta, finish_reason)
+
+    def _choice(self, delta: dict[str, str], finish_reason: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return self._event({**self._head(), "choices": [choice]})
+
+    def _head(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+
+
+def _chat_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def _completion_id() -> str:

@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes for transformers models: models, completions, embeddings."""
+"""OpenAI-compatible routes for transformers models: models, completions, chat completions,
+embeddings."""
 
 from __future__ import annotations
 
@@ -49,6 +50,43 @@ async def completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply 
     )
     _, outputs = await plane.infer(ctx, request.model, predict_request, GENERATE)
     return json_reply(openai.completion_response(request.model, outputs, request.n))
+
+
+async def chat_completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply | StreamReply:
+    """``POST /v1/chat/completions``: the model renders the messages with its chat template
+    (a 400 if it has none) and generates the assistant's answer."""
+    request = await limits.decode(len(body), _chat_request, body)
+    if request.token_budget > MAX_TOKENS:
+        raise InvalidInput(
+            f"max_completion_tokens must be at most {MAX_TOKENS}, got {request.token_budget}"
+        )
+    await plane.lookup(ctx, request.model, STREAM if request.stream else GENERATE)
+    conversation = request.conversation()
+    if request.stream:
+        first, items = await plane.stream(
+            ctx,
+            request.model,
+            STREAM,
+            conversation,
+            request.token_budget,
+            request.generation_parameters(),
+        )
+        include_usage = bool((request.stream_options or {}).get("include_usage"))
+        return StreamReply(_events(openai.ChatStream(request.model, include_usage), first, items))
+    predict_request = PredictRequest(
+        {
+            "text": np.array([conversation], dtype=object),
+            "max_new_tokens": np.array([request.token_budget], dtype=np.int32),
+        },
+        parameters=request.generation_parameters(),
+        outputs=COMPLETION_OUTPUTS,
+    )
+    _, outputs = await plane.infer(ctx, request.model, predict_request, GENERATE)
+    return json_reply(openai.chat_response(request.model, outputs))
+
+
+def _chat_request(body: bytes) -> openai.ChatCompletionRequest:
+    return openai.parse(openai.ChatCompletionRequest, parse_json(body))
 
 
 async def _stream(

@@ -1,11 +1,17 @@
 """OpenAI body validation and response shapes; generation parameters and stop sequences."""
 
 import base64
+import json
 
 import numpy as np
 import pytest
 
-from deployments.generation import StopScanner, cut_at_stop, parse_generation_parameters
+from deployments.generation import (
+    StopScanner,
+    chat_messages,
+    cut_at_stop,
+    parse_generation_parameters,
+)
 from serve_app.errors import InvalidInput, NotFound
 from serve_app.protocols import openai
 
@@ -108,3 +114,104 @@ def test_stop_scanner_never_emits_part_of_a_stop(pieces: list, stop: list, expec
             break
     sent += scanner.finish()
     assert sent == expected
+
+
+def test_chat_request_renders_to_a_conversation_with_chat_on() -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}],
+            },
+        ],
+        "max_completion_tokens": 5,
+        "max_tokens": 9,
+        "stop": "\n",
+        "seed": 1,
+    }
+    request = openai.parse(openai.ChatCompletionRequest, body)
+    assert json.loads(request.conversation()) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+    ]
+    assert request.token_budget == 5  # max_completion_tokens wins over the older max_tokens
+    assert request.generation_parameters() == {
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "chat": True,
+        "stop": ["\n"],
+        "seed": 1,
+    }
+    plain = openai.parse(openai.ChatCompletionRequest, {"model": "m", "messages": body["messages"]})
+    assert plain.token_budget == 16
+
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"n": 2}, "'n' is not supported (only 1 is accepted)"),
+        ({"tools": [{"type": "function"}]}, "'tools' is not supported"),
+        ({"logprobs": True}, "'logprobs' is not supported (only false is accepted)"),
+        ({"response_format": {"type": "json_object"}}, "'response_format' is not supported"),
+        ({"frequency_penalty": 0.5}, "'frequency_penalty' is not supported"),
+        ({"messages": []}, "'messages'"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "'messages.0.role'"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages.0"),
+        ({"max_completion_tokens": 0}, "'max_completion_tokens'"),
+    ],
+)
+def test_unsupported_chat_fields_are_named(extra: dict, fragment: str) -> None:
+    with pytest.raises(InvalidInput) as error:
+        openai.parse(openai.ChatCompletionRequest, {"model": "m", "messages": MESSAGES, **extra})
+    assert fragment in str(error.value)
+
+
+def test_chat_response_and_stream_chunks() -> None:
+    outputs = {
+        "_completion": np.array(["Hello"], dtype=object),
+        "_finish_reason": np.array(["stop"], dtype=object),
+        "_prompt_tokens": np.array([4], dtype=np.int32),
+        "_completion_tokens": np.array([2], dtype=np.int32),
+    }
+    body = openai.chat_response("m", outputs)
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello"},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ]
+    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    stream = openai.ChatStream("m", include_usage=True)
+    events = [
+        json.loads(line[len("data: ") :])
+        for chunk in (stream.chunk("He"), stream.chunk("llo"), stream.chunk("", "stop"))
+        for line in chunk.decode().split("\n\n")
+        if line
+    ]
+    deltas = [event["choices"][0]["delta"] for event in events]
+    assert deltas == [
+        {"role": "assistant", "content": ""},
+        {"content": "He"},
+        {"content": "llo"},
+        {},
+    ]
+    assert [e["choices"][0]["finish_reason"] for e in events] == [None, None, None, "stop"]
+    assert {e["object"] for e in events} == {"chat.completion.chunk"}
+    assert len({e["id"] for e in events}) == 1
+
+
+@pytest.mark.parametrize(
+    "conversation",
+    ["not json", "[]", '{"role": "user"}', '[{"role": "user"}]', '[{"role": 1, "content": "x"}]'],
+)
+def test_chat_text_must_be_a_json_list_of_messages(conversation: str) -> None:
+    with pytest.raises(InvalidInput, match="JSON list of messages"):
+        chat_messages(conversation)
