@@ -7,15 +7,19 @@ go together in the next call, which feeds the replica's dynamic batcher with all
 At low load a request goes at once, alone; under load each call carries up to one batch.
 
 Results and errors stay per request: the replica answers each request of a call on its
-own (``deployments/core.py``). A request whose caller gave up (deadline, disconnect) before
-its call left is dropped; a call whose requests all gave up is cancelled. Serve's queue
-bound now counts calls, so the waiting requests are bounded here (``max_queued``).
+own (``deployments/core.py``). A call that fails as a whole with an error that is not the
+model's answer to all of it (a request that cannot be pickled, a bug) is retried in halves,
+so that the request that broke it fails alone. A request whose caller gave up (deadline,
+disconnect) leaves the queue at once, with its tensors; a call whose requests all gave up is
+cancelled. Serve's queue bound now counts calls, so the waiting requests are bounded here
+(``max_queued``), counting only callers that still wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -66,13 +70,14 @@ def call_error(exc: Exception, model: str, overload: OverloadAnswer) -> ServingE
     return None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Waiting:
-    request: PredictRequest
+    request: PredictRequest | None  # None once its caller gave up: its tensors are freed
     future: asyncio.Future
     rows: int
     size: int
     since: float
+    queued: bool = True  # still in the queue, its caller waiting
 
 
 @dataclass(eq=False)
@@ -102,26 +107,46 @@ class Coalescer:
     replicas: Callable[[], int] = lambda: 1
     _queue: collections.deque[_Waiting] = field(default_factory=collections.deque)
     _in_flight: set[_InFlight] = field(default_factory=set)
+    _departed: int = 0  # entries of _queue whose callers gave up, not removed yet
 
     def submit(self, request: PredictRequest, rows: int, size: int) -> asyncio.Future:
         """Queue one request; its future gets the replica's answer for it (an answer or a
         ServingError). Raises ``Overloaded`` past ``max_queued`` waiting requests."""
-        if self.max_queued is not None and len(self._queue) >= self.max_queued:
+        if self.max_queued is not None and self.waiting >= self.max_queued:
             raise Overloaded(
-                f"model '{self.model}' is overloaded: {len(self._queue)} requests are waiting"
+                f"model '{self.model}' is overloaded: {self.waiting} requests are waiting"
                 f" (max_queued_requests {self.max_queued}). Retry later.",
                 self.overload.status_code,
                 self.overload.retry_after_s,
             )
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiting(request, future, rows, size, time.monotonic()))
+        waiting = _Waiting(request, future, rows, size, time.monotonic())
+        self._queue.append(waiting)
+        future.add_done_callback(functools.partial(self._left, waiting))
         self._pump()
         return future
 
     @property
     def waiting(self) -> int:
-        """Requests not sent yet."""
-        return len(self._queue)
+        """Requests not sent yet whose callers still wait."""
+        return len(self._queue) - self._departed
+
+    def _left(self, waiting: _Waiting, _: asyncio.Future) -> None:
+        """A queued request's caller gave up (its future was cancelled): it no longer holds a
+        place in the queue nor its tensors."""
+        if not waiting.queued:  # sent already, or answered by ``fail``
+            return
+        waiting.queued = False
+        waiting.request = None
+        self._departed += 1
+        while self._queue and not self._queue[0].queued:
+            self._queue.popleft()
+            self._departed -= 1
+        # Departed entries deeper in the queue go in one pass once they are the most of it,
+        # so the cost per departure stays constant.
+        if self._departed > 32 and 2 * self._departed > len(self._queue):
+            self._queue = collections.deque(w for w in self._queue if w.queued)
+            self._departed = 0
 
     def oldest_wait_s(self, now: float) -> float:
         """How long the longest-waiting request (queued or in a call) has waited."""
@@ -133,9 +158,11 @@ class Coalescer:
     def fail(self, error: ServingError) -> None:
         """Answer every waiting and in-flight request with ``error`` (the model failed)."""
         for waiting in self._queue:
+            waiting.queued = False
             if not waiting.future.done():
                 waiting.future.set_result(error)
         self._queue.clear()
+        self._departed = 0
         for call in list(self._in_flight):
             for future in call.futures:
                 if not future.done():
@@ -166,7 +193,11 @@ class Coalescer:
             ):
                 break
             self._queue.popleft()
-            if waiting.future.done():
+            if not waiting.queued:
+                self._departed -= 1
+                continue
+            waiting.queued = False
+            if waiting.future.done():  # gave up just now; its callback has not run yet
                 continue
             batch.append(waiting)
             rows += waiting.rows
@@ -184,12 +215,13 @@ class Coalescer:
         self._pump()
 
     async def _answers(self, batch: list[_Waiting]) -> list[Any]:
-        """The call's answers, or its failure as every request's answer."""
+        """The call's answers; its failure as every request's answer, or, for a failure that
+        may be one request's doing, the answers of its requests retried apart."""
         try:
             answers = await self.call([w.request for w in batch])
             if len(answers) == len(batch):
                 return answers
-            error: ServingError = ServingError(
+            error: ServingError | None = ServingError(
                 f"model '{self.model}' answered {len(answers)} of {len(batch)} requests"
             )
         except asyncio.CancelledError:
@@ -197,8 +229,35 @@ class Coalescer:
             error = ModelUnavailable(f"the call to model '{self.model}' was cancelled")
         except Exception as exc:
             known = call_error(exc, self.model, self.overload)
-            if known is None:
+            if known is not None:
+                error = known
+            elif len(batch) == 1:
                 logger.exception("a call to model '%s' failed", self.model)
-                known = ServingError(f"internal error ({type(exc).__name__})")
-            error = known
+                error = ServingError(f"internal error ({type(exc).__name__})")
+            else:
+                # Not the model's answer to the whole call (that is a ServingError, or
+                # Serve's overload or unavailability): perhaps one request broke it.
+                logger.warning(
+                    "a call of %d requests to model '%s' failed (%s: %s); retrying them apart",
+                    len(batch),
+                    self.model,
+                    type(exc).__name__,
+                    exc,
+                )
+                error = None
+        if error is None:  # outside the except: the retries' errors chain to nothing
+            return await self._apart(batch)
         return [error] * len(batch)
+
+    async def _apart(self, batch: list[_Waiting]) -> list[Any]:
+        """The answers of ``batch`` in two calls of half of it each, halved again where one
+        fails: one request that breaks a call of n costs about 2 log2(n) calls, not n.
+        Requests whose callers gave up meanwhile are not sent again."""
+        answers: dict[_Waiting, Any] = {}
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            live = [w for w in half if not w.future.done()]
+            if live:
+                answers.update(zip(live, await self._answers(live)))
+        gone = ModelUnavailable(f"the call to model '{self.model}' was cancelled")
+        return [answers.get(w, gone) for w in batch]

@@ -14,12 +14,13 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ray import serve
 from ray.serve.exceptions import DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from serve_app import limits
 from serve_app.coalesce import Coalescer, OverloadAnswer, call_error
 from serve_app.config import (
     MODEL_NAME_PATTERN,
@@ -52,6 +53,7 @@ from serve_app.request import (
 
 logger = logging.getLogger("ray.serve")
 
+T = TypeVar("T")
 _NAME = re.compile(MODEL_NAME_PATTERN.strip("^$"))
 # At most this many names are listed in a "not found" error (pools may hold thousands).
 KNOWN_NAMES_SHOWN = 20
@@ -291,6 +293,26 @@ class DataPlane:
         self.check_instances(rows)
         return rows
 
+    # --- deadlines -------------------------------------------------------------------------
+
+    def check_deadline(self, ctx: CallContext) -> None:
+        """504 for a request whose deadline has passed: nobody waits for its answer, so it
+        is neither decoded nor queued."""
+        remaining = ctx.remaining_s()
+        if remaining is not None and remaining <= 0:
+            if ctx.model != "-":
+                raise DeadlineExceeded.for_model(ctx.model)
+            raise DeadlineExceeded(
+                "the request's deadline passed before it was decoded"
+                " (X-Request-Timeout-Seconds, the gRPC deadline or ingress.request_timeout_s)"
+            )
+
+    async def decode(self, ctx: CallContext, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """A request body of ``size`` bytes decoded by ``fn(*args)`` (``limits.decode``), or
+        504 first if the request's deadline has passed (a slow upload, a slow lookup)."""
+        self.check_deadline(ctx)
+        return await limits.decode(size, fn, *args)
+
     # --- inference (coalesced) -------------------------------------------------------------
 
     async def infer(
@@ -299,6 +321,7 @@ class DataPlane:
         """One inference request: (the version that answered, its outputs)."""
         await self.lookup(ctx, name, need)
         rows = self.check_rows(request)
+        self.check_deadline(ctx)
         if ctx.deadline is not None:
             request.deadline = time.time() + (ctx.deadline - time.monotonic())
         future = self._coalescer(name).submit(request, rows, _size_of(request))

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from serve_app import __version__, limits, metrics
+from serve_app import __version__, metrics
 from serve_app.dataplane import DataPlane
 from serve_app.errors import DeadlineExceeded, NotFound, PayloadTooLarge, ServingError
 from serve_app.grpc.services import DEADLINE_KEY
@@ -148,7 +148,7 @@ async def _all(calls: list[Coroutine[Any, Any, Any]]) -> list[Any]:
 async def predict(plane: DataPlane, body: bytes, grpc_context: Any) -> Any:
     async def answer(ctx: CallContext) -> Any:
         limit = plane.settings.max_request_bytes
-        target, request = await limits.decode(len(body), tfs.decode_predict, body, limit)
+        target, request = await plane.decode(ctx, len(body), tfs.decode_predict, body, limit)
         version, outputs = await plane.infer(ctx, target.name, request)
         return tfs.encode_predict(target, version, outputs)
 
@@ -165,7 +165,7 @@ async def regress(plane: DataPlane, body: bytes, grpc_context: Any) -> Any:
 
 async def _examples(plane: DataPlane, body: bytes, grpc_context: Any, method: str, rpc: str) -> Any:
     async def answer(ctx: CallContext) -> Any:
-        target, request = await limits.decode(len(body), tfs.decode_examples, body, method)
+        target, request = await plane.decode(ctx, len(body), tfs.decode_examples, body, method)
         version, outputs = await plane.infer(ctx, target.name, request)
         return tfs.encode_examples(target, version, method, outputs)
 
@@ -177,7 +177,7 @@ async def multi_inference(plane: DataPlane, body: bytes, grpc_context: Any) -> A
     them as one session call); they are answered concurrently."""
 
     async def answer(ctx: CallContext) -> Any:
-        decoded = await limits.decode(len(body), tfs.decode_multi_inference, body)
+        decoded = await plane.decode(ctx, len(body), tfs.decode_multi_inference, body)
         name = decoded.target.name
         answers = await _all([plane.infer(ctx, name, request) for _, request in decoded.tasks])
         return tfs.encode_multi_inference(decoded, answers)
@@ -255,7 +255,7 @@ async def model_metadata(plane: DataPlane, body: bytes, grpc_context: Any) -> An
 
 async def model_infer(plane: DataPlane, body: bytes, grpc_context: Any) -> Any:
     async def answer(ctx: CallContext) -> Any:
-        decoded = await limits.decode(len(body), v2_proto.decode_infer, body)
+        decoded = await plane.decode(ctx, len(body), v2_proto.decode_infer, body)
         version, outputs = await plane.infer(ctx, decoded.name, decoded.request)
         return v2_proto.encode_infer(decoded, version, outputs)
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from serve_app import limits
 from serve_app.dataplane import CallContext, DataPlane
 from serve_app.errors import InvalidInput, ServingError
 from serve_app.http import Reply, StreamReply, json_reply
@@ -32,6 +31,7 @@ async def models(plane: DataPlane) -> Reply:
 
 
 async def completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply | StreamReply:
+    plane.check_deadline(ctx)
     request = openai.parse(openai.CompletionRequest, parse_json(body))
     if request.max_tokens > MAX_TOKENS:
         raise InvalidInput(f"max_tokens must be at most {MAX_TOKENS}, got {request.max_tokens}")
@@ -108,7 +108,7 @@ async def _stream(
 
 
 async def embeddings(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply:
-    request = await limits.decode(len(body), _embedding_request, body)
+    request = await plane.decode(ctx, len(body), _embedding_request, body)
     plane.check_instances(len(request.texts))
     predict_request = PredictRequest(
         {"text": np.array(request.texts, dtype=object)},

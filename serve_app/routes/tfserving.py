@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app import limits
 from serve_app.dataplane import CallContext, DataPlane
 from serve_app.errors import NotFound
 from serve_app.http import Reply, json_reply
@@ -58,8 +57,8 @@ async def post(plane: DataPlane, ctx: CallContext, path: str, body: bytes) -> Re
     await plane.lookup(ctx, route.name)
     model = plane.route_of(route.name)
     json_instances = model is not None and model.json_instances
-    request, row_format = await limits.decode(
-        len(body), _decode, plane, route.action, body, json_instances
+    request, row_format = await plane.decode(
+        ctx, len(body), _decode, plane, route.action, body, json_instances
     )
     request.version = route.version
     request.label = route.label

@@ -7,7 +7,7 @@ metadata lists the served version in ``versions``.
 
 from __future__ import annotations
 
-from serve_app import __version__, limits
+from serve_app import __version__
 from serve_app.dataplane import CallContext, DataPlane
 from serve_app.errors import InvalidInput, NotFound
 from serve_app.http import Reply, json_reply
@@ -62,7 +62,7 @@ async def infer(
     header_length: str | None,
 ) -> Reply:
     await plane.lookup(ctx, name)
-    decoded = await limits.decode(len(body), v2.decode_infer, body, header_length)
+    decoded = await plane.decode(ctx, len(body), v2.decode_infer, body, header_length)
     decoded.request.version = version
     decoded.request.label = label
     served, outputs = await plane.infer(ctx, name, decoded.request)
