@@ -55,7 +55,7 @@ async def completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply 
 async def chat_completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply | StreamReply:
     """``POST /v1/chat/completions``: the model renders the messages with its chat template
     (a 400 if it has none) and generates the assistant's answer."""
-    request = await limits.decode(len(body), _chat_request, body)
+    request = await plane.decode(ctx, len(body), _chat_request, body)
     if request.token_budget > MAX_TOKENS:
         raise InvalidInput(
             f"max_completion_tokens must be at most {MAX_TOKENS}, got {request.token_budget}"
