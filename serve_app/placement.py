@@ -4,8 +4,9 @@ Serve warns about replicas that wait over 30 s to be scheduled, whatever the cau
 that fits no node, a full fixed cluster, or an autoscaler that is still adding the node the
 replica needs (a GPU group that scales from zero takes minutes). Only the first two are
 answered 503 at once; while a node that fits can still be added, requests keep waiting
-within their deadlines. The node types and their limits come from the autoscaler's cluster
-config in the GCS; a cluster without one (no autoscaler) is as big as it is.
+within their deadlines. Two signals say a node is coming: launches under way in the
+autoscaler's (v2) cluster status, and node types of the autoscaler's cluster config in the
+GCS that fit and are below their maximum. A cluster with neither is as big as it is.
 """
 
 from __future__ import annotations
