@@ -140,9 +140,30 @@ class ModelHost:
         for number in wanted:
             self._load(number)
         if not self.table.available():
+            self._load_fallback(available, wanted)
+        if not self.table.available():
             errors = "; ".join(mv.error for mv in self.table.versions.values() if mv.error)
             raise ModelLoadError(errors)
         self.load_seconds = time.monotonic() - started
+
+    def _load_fallback(self, available: list[int], wanted: list[int]) -> None:
+        """Under ``latest: N``, when none of the newest versions loads, the newest older one
+        that does serves (a restart must not take down a model that has a good version);
+        the failed ones stay in the status with their reasons and are retried as usual.
+        Pinned versions (``specific``) are what the user asked for: no fallback."""
+        if self.hot.version_policy.latest is None:
+            return
+        for number in sorted((v for v in available if v not in wanted), reverse=True):
+            self._load(number)
+            if self.table.versions[number].state == AVAILABLE:
+                logger.warning(
+                    "model '%s': no wanted version %s loaded; serving version %d meanwhile",
+                    self.name,
+                    wanted,
+                    number,
+                )
+                return
+            del self.table.versions[number]  # an older version that fails is not reported
 
     def _load(self, number: int) -> None:
         """Fetch, load and warm up one version (blocking); record how it went."""
@@ -259,6 +280,16 @@ class ModelHost:
                 for number in leaving:
                     await self._unload(number)
                 await self._load_all(to_load)
+                if not self.table.available():
+                    # The new version failed: the old one comes back, so the model keeps
+                    # its last good version (the failed one is retried later, as usual).
+                    logger.warning(
+                        "model '%s': version(s) %s failed to load; reloading %s",
+                        self.name,
+                        to_load,
+                        leaving,
+                    )
+                    await self._load_all(sorted(leaving, reverse=True))
             finally:
                 gap, self.swap_gap = self.swap_gap, None
                 gap.set()
@@ -267,6 +298,7 @@ class ModelHost:
                         "policy": RESOURCE,
                         "unloaded": leaving,
                         "loaded": [v for v in to_load if v in self.table.available()],
+                        "failed": [v for v in to_load if v not in self.table.available()],
                         "gap_s": round(time.monotonic() - started, 3),
                     }
                 )
@@ -298,8 +330,9 @@ class ModelHost:
             self._wake.set()
 
     def check_health(self) -> None:
-        """Healthy while some version can answer."""
-        if not self.table.available():
+        """Healthy while some version can answer, or a resource-preserving swap is in its
+        gap (a restart then would load only the new version, which may be broken)."""
+        if self.swap_gap is None and not self.table.available():
             raise RuntimeError(f"model '{self.name}' has no available version")
 
     # --- requests ------------------------------------------------------------------------

@@ -21,9 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import ray
 from ray import serve
 
 from serve_app.errors import ModelUnavailable
+from serve_app.placement import Capacity, never_placeable, parse_resources, read_capacity
 from serve_app.shared_read import SharedRead
 
 logger = logging.getLogger("ray.serve")
@@ -107,6 +109,8 @@ class FleetStatus:
         self._reading = SharedRead(self._read_once)
         self._watcher: asyncio.Task | None = None
         self._first_read: asyncio.Event | None = None
+        # What the cluster can grow to; read only while some model waits for resources.
+        self.capacity: Capacity | None = None
 
     @property
     def model_names(self) -> list[str]:
@@ -156,7 +160,10 @@ class FleetStatus:
 
     def _read(self) -> tuple[dict[str, ModelHealth], dict[str, FoundApp]]:
         details = serve.context._get_global_client().get_serve_details()
-        return read_fleet(details, self.app_name, self.static_names)
+        health, apps = read_fleet(details, self.app_name, self.static_names)
+        if any(h.running_replicas == 0 and _UNPLACED.search(h.message) for h in health.values()):
+            self.capacity = read_capacity(ray.get_runtime_context().gcs_address)
+        return health, apps
 
     def available(self, name: str) -> bool:
         """Whether ``name`` can answer: a running replica, or none yet that it can start on
@@ -181,13 +188,18 @@ class FleetStatus:
             reason = summarize_failure(health.message)
             return ModelUnavailable(f"model '{name}' is not available: {reason}")
         unplaced = _UNPLACED.search(health.message)
-        if unplaced is not None:
-            return ModelUnavailable(
-                f"model '{name}' cannot be placed: each replica asks for"
-                f" {unplaced['required']}, the cluster has {unplaced['available']} free"
-                " (lower its resources, or add nodes)"
-            )
-        return None
+        if unplaced is None:
+            return None
+        # Serve also warns while the autoscaler adds a node that fits: then requests wait.
+        required = parse_resources(unplaced["required"])
+        why = "" if required is None else never_placeable(required, self.capacity)
+        if why is None:
+            return None
+        return ModelUnavailable(
+            f"model '{name}' cannot be placed: each replica asks for {unplaced['required']},"
+            + (f" {why}" if why else f" the cluster has {unplaced['available']} free")
+            + " (lower its resources, or add nodes)"
+        )
 
     def check(self, name: str) -> None:
         """Raise ModelUnavailable (503) if ``name`` has no replica that can answer."""

@@ -172,6 +172,74 @@ def test_a_resource_preserving_swap_frees_the_old_version_first_and_drops_nothin
     assert [r["pid"] for r in _replicas(name)] == [pid]
 
 
+def test_a_resource_swap_to_a_broken_version_brings_the_old_version_back(
+    fleet: dict, model_repo: Path, tmp_path: Path, cleanup: list[str]
+) -> None:
+    """Under ``swap_policy: resource`` a broken new version (a ``model.keras`` that is not
+    one) is tried after the old version is unloaded; the old version comes back, answers
+    after the gap (requests in the gap wait), the replica keeps its process, and the status
+    shows the broken version with its reason (issue 25, item 9)."""
+    url, name = fleet["url"], "swapback"
+    cleanup.append(name)
+    repo = tmp_path / "swapback"
+    shutil.copytree(model_repo / "digits" / "1", repo / "1")
+    args = {
+        "uri": str(repo),
+        "swap_policy": "resource",
+        "poll_interval_s": 1,
+        "resources": {"num_cpus": 0.1},
+    }
+    deploy_apps([model_app(name, args)])
+    wait_for(lambda: _v2(url, name).status_code == 200, 240, "the model to answer")
+    pid = _replicas(name)[0]["pid"]
+
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def call() -> None:
+        while not stop.is_set():
+            answer = _v2(url, name)
+            ok = answer.status_code == 200
+            answers.append(
+                (answer.status_code, answer.json()["model_version"] if ok else answer.text)
+            )
+
+    def v2_failed() -> bool:
+        body = requests.get(f"{url}/v1/models/{name}", timeout=60).json()
+        states = {s["version"]: s for s in body.get("model_version_status", [])}
+        return states.get("2", {}).get("status", {}).get("error_code") == "UNKNOWN"
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    try:
+        staging = tmp_path / ".2"
+        staging.mkdir()
+        (staging / "model.keras").write_bytes(b"not a keras file")
+        staging.rename(repo / "2")
+        wait_for(v2_failed, 240, "version 2 to fail to load")
+        after = len(answers)
+        wait_for(lambda: len(answers) > after + 20, 240, "answers after the failed swap")
+    finally:
+        stop.set()
+        caller.join(timeout=120)
+    failures = [a for a in answers if a[0] != 200]
+    assert failures == [], failures[:3]
+    assert {version for _, version in answers} == {"1"}
+
+    def settled() -> dict[str, Any] | None:  # not in the gap of a retry of version 2
+        body = requests.get(f"{url}/v1/models/{name}", timeout=60).json()
+        states = {s["version"]: s for s in body["model_version_status"]}
+        serving = states["1"]["state"] == "AVAILABLE" and states["2"]["state"] == "END"
+        return states if serving else None
+
+    states = wait_for(settled, 120, "version 1 serving between retries of version 2")
+    assert "version 2" in states["2"]["status"]["error_message"], states
+    assert "failed to load" in states["2"]["status"]["error_message"], states
+    swaps = _stats(url, name)["swaps"]
+    assert all(s["unloaded"] == [1] and s["failed"] == [2] for s in swaps), swaps
+    assert [r["pid"] for r in _replicas(name)] == [pid]
+
+
 def test_a_model_that_cannot_be_placed_answers_503_with_the_reason(
     fleet: dict, model_repo: Path, cleanup: list[str]
 ) -> None:

@@ -155,6 +155,32 @@ def test_a_new_version_in_the_repository_takes_over_without_a_failed_request(
     assert "failed to load" in final[3]["status"]["error_message"]
 
 
+def test_a_start_with_the_newest_version_broken_serves_the_older_good_one(
+    versions_app: str, tmp_path: Path
+) -> None:
+    """Under ``latest: 1`` a replica that starts while the newest version is broken (as after
+    a restart) serves the newest version that loads, and reports the broken one with its
+    reason (issue 25, item 9)."""
+    repo = tmp_path / "swap"
+    repo.mkdir()
+    write_offset_model(repo / "1", 1.0)
+    (repo / "2").mkdir()
+    (repo / "2" / "model.keras").write_bytes(b"not a keras file")
+    app = deploy_and_wait(
+        APP, swap_args(str(repo), poll_interval_s=0), expect=("RUNNING", "DEPLOY_FAILED")
+    )
+    assert app.status.value == "RUNNING", app
+    answer = requests.post(f"{versions_app}/v1/models/swap:predict", json={"instances": [0.0]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"predictions": [1.0]}
+    versions = status(versions_app, "swap")
+    assert versions[1]["state"] == "AVAILABLE", versions
+    assert versions[2]["state"] == "END", versions
+    assert versions[2]["status"]["error_code"] == "UNKNOWN", versions
+    assert "version 2" in versions[2]["status"]["error_message"], versions
+    assert "failed to load" in versions[2]["status"]["error_message"], versions
+
+
 def test_versions_pinned_and_labels_moved_through_the_config(
     versions_app: str, tmp_path: Path
 ) -> None:
