@@ -74,7 +74,7 @@ class ReplicaCore:
                 await _wait_for_gap(host.swap_gap, requests)
             now = time.time()
             for request in requests:
-                begun.append(self._begin(host, request, now))
+                begun.append(await self._begin(host, request, now))
             staged = [i for i, b in enumerate(begun) if isinstance(b, Staged)]
             if staged:  # the model prepares these itself, off the event loop
                 raws = await host.preprocess([begun[i] for i in staged], self.hooks)
@@ -105,13 +105,13 @@ class ReplicaCore:
                 if not isinstance(pending, ServingError):
                     host.release(pending)
 
-    def _begin(
+    async def _begin(
         self, host: ModelHost, request: PredictRequest, now: float
     ) -> Pending | Staged | ServingError:
         if request.deadline is not None and now >= request.deadline:
             return DeadlineExceeded.for_model(host.name)
         try:
-            return host.begin(request, self.enqueue)
+            return await host.begin(request, self.enqueue, self.executor)
         except ServingError as exc:
             return exc
         except Exception as exc:  # a request we could not even check fails alone

@@ -42,6 +42,22 @@ from serve_app.store import open_store, select_versions, store_notice
 logger = logging.getLogger("ray.serve")
 
 Enqueue = Callable[[BatchItem], "asyncio.Future"]
+# Requests with more bytes of input (strings by their length) are checked off the event loop.
+OFF_LOOP_CHECK_BYTES = 64 * 1024
+
+
+def input_bytes(inputs: dict[str | None, Any]) -> int:
+    """A request's input bytes: numbers by their size, strings by their length (an object
+    array's ``nbytes`` counts only its pointers)."""
+    total = 0
+    for array in inputs.values():
+        if getattr(array, "dtype", None) is None:
+            continue
+        if array.dtype.kind == "O":
+            total += sum(len(v) for v in array.reshape(-1).tolist() if isinstance(v, str | bytes))
+        else:
+            total += array.nbytes
+    return total
 
 
 def _failed(model: str, step: str, exc: Exception) -> ServingError:
@@ -77,6 +93,15 @@ class Staged:
     version: ModelVersion
     request: PredictRequest
     released: bool = False
+
+
+@dataclass
+class Checked:
+    """A request's inputs, cast and checked, ready to be queued."""
+
+    signature: str
+    prepared: PreparedInputs
+    outputs: list[str]
 
 
 @dataclass
@@ -352,12 +377,16 @@ class ModelHost:
         finally:
             version.in_flight -= 1
 
-    def begin(self, request: PredictRequest, enqueue: Enqueue) -> Pending | Staged:
+    async def begin(
+        self, request: PredictRequest, enqueue: Enqueue, executor: Executor
+    ) -> Pending | Staged:
         """Validate one request and queue its rows for batching; ``answer`` answers it.
 
         Raises the request's own error (400, 404, ...) before anything is queued. A request
         the model prepares itself comes back ``Staged``: ``preprocess`` it, then ``queue``.
-        The version it resolves to stays loaded until ``release``.
+        The version it resolves to stays loaded until ``release``. A large request is
+        checked on ``executor`` (the inference thread): its checks may tokenize megabytes of
+        text, which on the event loop would stall every other call, and Serve's health check.
         """
         wanted = self._wanted(list(self.table.versions))
         version = self.table.resolve(
@@ -367,7 +396,13 @@ class ModelHost:
         try:
             if version.servable.preprocesses(request):
                 return Staged(version, request)
-            return self._queue(version, request, request.inputs, enqueue)
+            check = (version, request, request.inputs, request.exact_dtypes)
+            if input_bytes(request.inputs) <= OFF_LOOP_CHECK_BYTES:
+                checked = self._check(*check)
+            else:
+                loop = asyncio.get_running_loop()
+                checked = await loop.run_in_executor(executor, self._check, *check)
+            return self._enqueue(version, request, checked, enqueue)
         except BaseException:
             version.in_flight -= 1
             raise
@@ -397,7 +432,8 @@ class ModelHost:
         try:
             # The model made these inputs: they are cast to its signature, not held to the
             # datatypes the client declared for what it sent.
-            return self._queue(staged.version, staged.request, raw, enqueue, exact_dtypes=False)
+            checked = self._check(staged.version, staged.request, raw, False)
+            return self._enqueue(staged.version, staged.request, checked, enqueue)
         except ServingError as exc:
             staged.version.in_flight -= 1
             return exc
@@ -405,24 +441,29 @@ class ModelHost:
             staged.version.in_flight -= 1
             return _failed(self.name, "preprocess", exc)
 
-    def _queue(
-        self,
+    @staticmethod
+    def _check(
         version: ModelVersion,
         request: PredictRequest,
         raw: dict[str | None, np.ndarray],
-        enqueue: Enqueue,
-        exact_dtypes: bool | None = None,
+        exact: bool,
+    ) -> Checked:
+        """A request's inputs cast to its signature and checked by the model. Touches no
+        state of the host, so it may run off the event loop."""
+        servable = version.servable
+        signature = servable.signature(request.signature_name)
+        if request.method != PREDICT:
+            raw = servable.example_inputs(signature, request.method, request.examples or [])
+        prepared = prepare_inputs(signature, raw, exact)
+        servable.check_request(prepared.tensors, request.parameters)
+        return Checked(signature.name, prepared, requested_outputs(signature, request.outputs))
+
+    def _enqueue(
+        self, version: ModelVersion, request: PredictRequest, checked: Checked, enqueue: Enqueue
     ) -> Pending:
         futures: list[asyncio.Future] = []
-        exact = request.exact_dtypes if exact_dtypes is None else exact_dtypes
+        servable, prepared, outputs = version.servable, checked.prepared, checked.outputs
         try:
-            servable = version.servable
-            signature = servable.signature(request.signature_name)
-            if request.method != PREDICT:
-                raw = servable.example_inputs(signature, request.method, request.examples or [])
-            prepared = prepare_inputs(signature, raw, exact)
-            servable.check_request(prepared.tensors, request.parameters)
-            outputs = requested_outputs(signature, request.outputs)
             # A request larger than one batch is cut into batch-sized chunks.
             limit, rows = self.hot.batching.max_batch_size, prepared.rows
             # Only items of this host and version share a model call.
@@ -434,7 +475,7 @@ class ModelHost:
                     else prepared.tensors
                 )
                 item = BatchItem(
-                    signature.name,
+                    checked.signature,
                     chunk,
                     min(limit, rows - start),
                     request.parameters,

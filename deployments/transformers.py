@@ -347,7 +347,9 @@ class TransformersModel(Servable):
             "text": np.array([text], dtype=object),
             "max_new_tokens": np.array([max_new_tokens], dtype=np.int32),
         }
-        self.check_request(inputs, parameters)
+        loop = asyncio.get_running_loop()
+        # Tokenizing is blocking work: on the inference thread, never on the event loop.
+        await loop.run_in_executor(self._executor, self.check_request, inputs, parameters)
         settings = parse_generation_parameters(parameters)
         from transformers import TextIteratorStreamer
 
@@ -357,14 +359,13 @@ class TransformersModel(Servable):
             return gone.is_set() or (deadline is not None and time.time() >= deadline)
 
         streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, timeout=STREAM_GAP_S)
-        encoded = self._encode([text])
+        encoded = await loop.run_in_executor(self._executor, self._encode, [text])
         kwargs = {**self._generate_kwargs(max_new_tokens, settings, stop), "streamer": streamer}
 
         def run() -> Any:
             with self._torch.inference_mode(), self._seeded(settings.seed):
                 return self._model.generate(**encoded, **kwargs)
 
-        loop = asyncio.get_running_loop()
         generation = loop.run_in_executor(self._executor, run)
         scanner = StopScanner(settings.stop)
         pieces = iter(streamer)

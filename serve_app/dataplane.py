@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -324,11 +325,27 @@ class DataPlane:
         self.check_deadline(ctx)
         if ctx.deadline is not None:
             request.deadline = time.time() + (ctx.deadline - time.monotonic())
-        future = self._coalescer(name).submit(request, rows, _size_of(request))
-        answer = await self._wait(ctx, name, future)
+        size = tensor_bytes(request)
+        self.hold_decoded(size)
+        try:
+            future = self._coalescer(name).submit(request, rows, size)
+            answer = await self._wait(ctx, name, future)
+        finally:
+            self.bodies.give(size)
         if isinstance(answer, ServingError):
             raise answer
         return answer
+
+    def hold_decoded(self, size: int) -> None:
+        """Count a decoded request's tensors against the body budget while it is served:
+        decoding can multiply a body (a one-character JSON string becomes a 50-byte
+        object). 413 if they alone are past ``max_buffered_bytes``, which no wait would cure."""
+        if size > self.bodies.limit:
+            raise PayloadTooLarge(
+                f"the request's decoded tensors take {size} bytes; the ingress holds at most"
+                f" {self.bodies.limit} (ingress.max_buffered_bytes): send a smaller request"
+            )
+        self.bodies.take(size)
 
     def _coalescer(self, name: str) -> Coalescer:
         coalescer = self._coalescers.get(name)
@@ -505,6 +522,13 @@ class DataPlane:
         return all(self.fleet.available(name) for name in self.fleet.model_names)
 
 
-def _size_of(request: PredictRequest) -> int:
-    """Approximate bytes of a request's tensors (object arrays: their length only)."""
-    return sum(getattr(a, "nbytes", 0) for a in request.inputs.values())
+def tensor_bytes(request: PredictRequest) -> int:
+    """The bytes a request's tensors take in memory. Strings by their own size: an object
+    array's ``nbytes`` counts only its pointers, 8 bytes for a string of any length."""
+    total = 0
+    for array in request.inputs.values():
+        total += getattr(array, "nbytes", 0)
+        if getattr(array, "dtype", None) is not None and array.dtype.kind == "O":
+            # getsizeof: the object's header and its text (bounded by MAX_STRING_ELEMENTS).
+            total += sum(map(sys.getsizeof, array.reshape(-1).tolist()))
+    return total

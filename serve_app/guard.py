@@ -235,13 +235,29 @@ class GuardMiddleware:
             if self.access_log:
                 logger.info(
                     "%s %s -> %d in %.1f ms (model %s, request id %s)",
-                    scope.get("method", "-"),
-                    path,
+                    log_safe(scope.get("method", "-")),
+                    log_safe(path),
                     status,
                     elapsed * 1000,
                     ctx.model,
-                    ctx.request_id,
+                    log_safe(ctx.request_id),
                 )
+
+
+def log_safe(text: str) -> str:
+    """``text`` for one log line: control characters, backslashes and non-ASCII written as
+    escapes. The path is percent-decoded (``%0A`` is a newline) and the request id is the
+    client's header, so either could otherwise forge or split a line."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text  # the common path: nothing to escape
+    return "".join(c if " " <= c <= "~" and c != "\\" else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _serve_request_id() -> str:

@@ -89,12 +89,16 @@ def decode_infer(body: bytes) -> ModelInfer:
             " send one per input, in the order of the inputs (or none, and use contents)"
         )
     tensors: dict[str | None, np.ndarray] = {}
+    strings = 0
     for index, tensor in enumerate(message.inputs):
         if not tensor.name:
             raise InvalidInput(f"inputs[{index}] needs a name")
         if tensor.name in tensors:
             raise InvalidInput(f"input '{tensor.name}' appears twice")
-        tensors[tensor.name] = _decode_tensor(tensor, raw[index] if raw else None)
+        array = _decode_tensor(tensor, raw[index] if raw else None, strings)
+        tensors[tensor.name] = array
+        if array.dtype.kind == "O":
+            strings += array.size
     parameters = {key: _parameter(key, value) for key, value in message.parameters.items()}
     signature = parameters.get("signature_name", "")
     if not isinstance(signature, str):
@@ -110,7 +114,7 @@ def decode_infer(body: bytes) -> ModelInfer:
     return ModelInfer(message.model_name, version, message.id, request)
 
 
-def _decode_tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
+def _decode_tensor(tensor: Any, raw: bytes | None, strings: int) -> np.ndarray:
     name, datatype = tensor.name, tensor.datatype
     if datatype not in V2_DATATYPES:
         raise InvalidInput(
@@ -125,6 +129,8 @@ def _decode_tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
     if any(size < 0 for size in shape):
         raise InvalidInput(f"input '{name}': shape {shape} has a negative dimension")
     count = math.prod(shape)
+    if datatype == "BYTES":
+        v2.check_string_elements(name, count, strings)
     if raw is not None:
         if tensor.HasField("contents"):
             raise InvalidInput(

@@ -136,6 +136,37 @@ def test_request_id_is_returned_and_logged(url):
     wait_for(logged, 30, "the ingress log line with our request id")
 
 
+def test_a_path_with_cr_lf_is_one_escaped_access_log_line(url):
+    import ray
+
+    from tests.integration import raw_http
+
+    # Sent byte for byte: %0D%0A decodes to CR LF in the path the ingress sees, which
+    # written as is would start a forged line of its own.
+    marker = "forged-line-0d0a"
+    target = f"/{APP}/v1/models/slow%0D%0AGET%20/{marker}%20-%3E%20200:predict".encode()
+    answer = raw_http.send(
+        url,
+        "POST",
+        target,
+        [(b"Authorization", f"Bearer {TOKEN}".encode()), (b"Content-Type", b"application/json")],
+        b'{"instances": [1.0]}',
+    )
+    assert answer.status in (400, 404), answer.text
+    session = ray._private.worker._global_node.get_session_dir_path()
+
+    def lines() -> list[str]:
+        found = []
+        for path in glob.glob(os.path.join(session, "logs", "serve", "*robust*Ingress*")):
+            with open(path, errors="replace") as log:
+                found += [line for line in log if marker in line]
+        return found
+
+    found = wait_for(lines, 30, "the access log line of the forged path")
+    escaped = "/v1/models/slow\\x0d\\x0aGET /forged-line-0d0a -> 200:predict -> 40"
+    assert all(escaped in line for line in found), found  # no line of its own
+
+
 # --- backpressure ---------------------------------------------------------------------------
 
 

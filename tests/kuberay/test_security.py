@@ -149,6 +149,9 @@ def test_network_policy_admits_each_port_to_who_needs_it_and_no_one_else(built, 
         {"pod": {"app": "debug"}, "namespace": NAMESPACE},
         {"pod": {"app": "other"}, "namespace": "default"},
         {"pod": {"app.kubernetes.io/name": "serve-app"}, "namespace": "elsewhere"},
+        # The operator's label is no pass: anyone who may create a pod can set it.
+        {"pod": {"app.kubernetes.io/name": "kuberay-operator"}, "namespace": "elsewhere"},
+        {"pod": {"app.kubernetes.io/name": "kuberay-operator"}, "namespace": NAMESPACE},
         {"ip": "10.0.0.5"},  # another VM of the VPC
     ]
     gateway = [{"ip": "10.129.0.7"}, {"ip": "35.191.4.2"}, {"ip": "130.211.1.9"}]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import pickle
 import re
 
@@ -253,3 +254,41 @@ def test_middleware_accepts_a_non_ascii_token_sent_as_utf8():
         assert status == 401 and not seen
     finally:
         guard.configure(guard.Settings())
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_access_log_writes_one_escaped_line_for_a_path_with_cr_lf():
+    # The path arrives percent-decoded: %0A%0D is a real newline and carriage return.
+    forged = "/v1/models/m\n\rGET /v1/models/admin:predict -> 200:predict"
+    log = logging.getLogger("ray.serve")
+    handler, level = _Lines(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        status, _, _, _ = _call(
+            lambda app: guard.GuardMiddleware(app, access_log=True),
+            forged,
+            {"X-Request-Id": "id\tw\u00e9\\x0a"},
+        )
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert status == 200
+    (line,) = [message for message in handler.lines if "->" in message]
+    assert "\n" not in line and "\r" not in line and "\t" not in line
+    assert "/v1/models/m\\x0a\\x0dGET /v1/models/admin:predict -> 200:predict -> 200" in line
+    # A backslash is escaped too, so an escape in the log always means a byte that was sent.
+    assert "request id id\\x09w\\xc3\\xa9\\x5cx0a)" in line  # é as its UTF-8 bytes
+
+
+def test_log_safe_keeps_printable_ascii_and_escapes_the_rest():
+    assert guard.log_safe("/v2/models/m/infer?x=1") == "/v2/models/m/infer?x=1"
+    assert guard.log_safe("a\x00\x7f\u2603\U0001f600") == "a\\x00\\x7f\\u2603\\U0001f600"
