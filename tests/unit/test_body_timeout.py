@@ -72,6 +72,34 @@ def test_a_body_that_arrives_is_read_whole() -> None:
     assert asyncio.run(scenario()) == b"abc"
 
 
+def test_a_slow_upload_that_keeps_coming_is_read_whole() -> None:
+    async def scenario() -> bytes:
+        budget = BodyBudget(limit=1000)
+        chunks = [b"x"] * 6
+
+        async def receive() -> dict:
+            await asyncio.sleep(0.03)  # each within the idle timeout; all of them past it
+            chunk = chunks.pop()
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        return await read_body(receive, "6", 1000, budget, 0.05)
+
+    assert asyncio.run(scenario()) == b"x" * 6
+
+
+def test_a_cancelled_read_stays_cancelled_and_gives_back_its_bytes() -> None:
+    async def scenario() -> None:
+        budget = BodyBudget(limit=1000)
+        task = asyncio.create_task(read_body(_stalling(b"ab"), "3", 1000, budget, 60.0))
+        await asyncio.sleep(0.01)
+        task.cancel()  # the client went away: not a 408
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert budget.held == 0
+
+    asyncio.run(scenario())
+
+
 def test_the_408_speaks_each_protocol_and_closes_the_connection() -> None:
     error = RequestTimeout("the request body stopped arriving")
     v2 = error_reply("/v2/models/m/infer", error)
