@@ -80,8 +80,15 @@ class HotRoutes:
         headers = scope.get("serve_app.headers") or {}
         body = b""
         try:
-            limit = self.plane.settings.max_request_bytes
-            body = await read_body(receive, headers.get("content-length"), limit, self.plane.bodies)
+            settings = self.plane.settings
+            body = await read_body(
+                receive,
+                headers.get("content-length"),
+                settings.max_request_bytes,
+                self.plane.bodies,
+                settings.body_idle_timeout_s,
+                ctx.deadline,
+            )
             reply: Reply | StreamReply = await handler(self.plane, ctx, body, headers)
         except ServingError as exc:
             reply = error_reply(path, exc)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from serve_app.fast_path import grpc_cap_check
 from serve_app.fleet_file import check_fleet
 from serve_app.kuberay import cluster, kustomize
 from serve_app.kuberay.diff import object_diff
@@ -58,7 +59,15 @@ def _check(args: argparse.Namespace) -> int:
     fleet = check_fleet(document)
     for problem in fleet.problems:
         print(f"error: {problem}", file=sys.stderr)
-    if fleet.problems:
+    # The environment Ray would start with here (make run's), against each ingress's limits.
+    lines = [
+        line
+        for ingress, size in fleet.max_request_bytes.items()
+        for line in grpc_cap_check(dict(os.environ), ingress, size)
+    ]
+    for line in lines:
+        print(line, file=sys.stderr)
+    if fleet.problems or any(line.startswith("error:") for line in lines):
         return 1
     print(
         f"{args.config}: ok ({len(fleet.ingresses)} ingress, {len(fleet.models)} models,"

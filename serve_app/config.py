@@ -404,6 +404,10 @@ class IngressSpec(_Strict):
     # at most max_request_timeout_s. Past it the request gets 504 and its work is cancelled.
     request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     max_request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    # An upload that sends no byte of its body for this long gets 408 and its bytes are let
+    # go: a client that stops short of its Content-Length would hold its share of
+    # max_buffered_bytes for as long as its connection stays open.
+    body_idle_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     # Bearer tokens accepted by the model routes (health routes stay open); none: no auth.
     auth_tokens: list[
         Annotated[str, Field(min_length=MIN_TOKEN_CHARS, max_length=MAX_TOKEN_CHARS)]

@@ -7,7 +7,8 @@
 - ``SERVE_APP_CONFIG`` (default ``serve_config.yaml``, the default fleet, whose models are
   built into the image under ``model_repository/``): another Serve config, e.g. one whose
   ``uri``s are ``gs://`` (downloaded into ``SERVE_APP_CACHE_DIR``, on the container's disk).
-- The fast request path (``serve_app/fast_path.py``) is on where HAProxy is (the image's).
+- The fast request path (``serve_app/fast_path.py``) is on where HAProxy is (the image's);
+  gRPC messages are capped (``RAY_SERVE_GRPC_MAX_MESSAGE_SIZE``) as ``make run`` caps them.
 
 It writes the config with those ports beside the original (relative model paths still
 resolve), starts ``serve run`` on it in a process group of its own, and on SIGTERM or SIGINT
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from serve_app.fast_path import NO_HAPROXY, fast_path_env
+from serve_app.fast_path import NO_HAPROXY, fast_path_env, serve_env
 
 DEFAULT_CONFIG = "serve_config.yaml"
 # Ray and the libraries, as `make run` sets them: nothing fetched from a hub, no usage report.
@@ -50,10 +51,11 @@ def container_config(source: Path, port: int, grpc_port: int | None) -> Path:
 
 
 def environment(environ: dict[str, str]) -> dict[str, str]:
-    fast = fast_path_env(environ)
-    if not fast:
+    """The environment of ``serve run``: quiet libraries, the caller's, the transports' caps
+    and the fast path (as ``make run``)."""
+    if not fast_path_env(environ):
         print(NO_HAPROXY, file=sys.stderr, flush=True)
-    return {**QUIET_ENV, **environ, **fast}
+    return {**QUIET_ENV, **environ, **serve_env(environ)}
 
 
 def main() -> int:

@@ -52,6 +52,14 @@ class PayloadTooLarge(ServingError):
     status_code = 413
 
 
+class RequestTimeout(ServingError):
+    """The client stopped sending its request body (408). The connection is closed after
+    the answer: the rest of the body would otherwise be read as the next request."""
+
+    status_code = 408
+    headers = {"Connection": "close"}
+
+
 class ModelUnavailable(ServingError):
     """The model cannot answer now: it failed to load, is loading, or is overloaded (503)."""
 

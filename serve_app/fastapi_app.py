@@ -95,9 +95,15 @@ def build_fastapi_app(plane: DataPlane) -> FastAPI:
 
     @api.post("/v1/completions")
     async def post_openai_completions(request: Request) -> Response:
-        limit = plane.settings.max_request_bytes
-        declared = request.headers.get("content-length")
-        body = await read_body(request.receive, declared, limit, plane.bodies)
+        settings = plane.settings
+        body = await read_body(
+            request.receive,
+            request.headers.get("content-length"),
+            settings.max_request_bytes,
+            plane.bodies,
+            settings.body_idle_timeout_s,
+            ctx().deadline,
+        )
         try:
             return _response(await openai.completions(plane, ctx(), body))
         finally:

@@ -31,6 +31,8 @@ class FleetFile:
     """What a checked fleet file holds."""
 
     ingresses: list[str] = field(default_factory=list)
+    # Each ingress's max_request_bytes, for checks of the environment (serve-app check).
+    max_request_bytes: dict[str, int] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
     pools: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -68,11 +70,13 @@ def _check_app(app: dict[str, Any], index: int, found: FleetFile) -> None:
         if builder == FLEET_BUILDER:
             config = parse_app_config(app.get("args") or {})
             found.ingresses.append(str(name))
+            found.max_request_bytes[str(name)] = config.ingress.max_request_bytes
             found.models += [m.name for m in config.models]
             found.pools += [p.name for p in config.pools]
         elif builder == INGRESS_BUILDER:
-            parse_ingress_app(app.get("args") or {})
+            ingress = parse_ingress_app(app.get("args") or {})
             found.ingresses.append(str(name))
+            found.max_request_bytes[str(name)] = ingress.max_request_bytes
         else:
             parse = parse_model_app if builder == MODEL_BUILDER else parse_pool_app
             spec = parse(app.get("args") or {})

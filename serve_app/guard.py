@@ -41,6 +41,7 @@ class Settings:
     max_instances_per_request: int = _DEFAULTS.max_instances_per_request
     request_timeout_s: float = _DEFAULTS.request_timeout_s
     max_request_timeout_s: float = _DEFAULTS.max_request_timeout_s
+    body_idle_timeout_s: float = _DEFAULTS.body_idle_timeout_s
     tokens: tuple[str, ...] = ()
     overload_status: int = _DEFAULTS.overload.status_code
     retry_after_s: int | None = _DEFAULTS.overload.retry_after_s
@@ -60,6 +61,7 @@ class Settings:
             max_instances_per_request=spec.max_instances_per_request,
             request_timeout_s=spec.request_timeout_s,
             max_request_timeout_s=spec.max_request_timeout_s,
+            body_idle_timeout_s=spec.body_idle_timeout_s,
             tokens=tuple(tokens),
             overload_status=spec.overload.status_code,
             retry_after_s=spec.overload.retry_after_s,

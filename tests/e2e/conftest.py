@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from serve_app.examples import build_model_repository
-from serve_app.fast_path import FAST_PATH_ENV
+from serve_app.fast_path import FAST_PATH_ENV, TRANSPORT_ENV
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def served_fleet() -> Iterator[None]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
-        env={**os.environ, **FAST_PATH_ENV, "HF_HUB_OFFLINE": "1"},  # as `make run`
+        env={**os.environ, **TRANSPORT_ENV, **FAST_PATH_ENV, "HF_HUB_OFFLINE": "1"},  # as make run
     )
     try:
         for model in ("digits", "minilm", "tiny-gpt2"):

@@ -7,6 +7,7 @@ a Serve config whose application runs ``serve_app.app:build_app`` on the cluster
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.examples import build_model_repository
+from serve_app.fast_path import TRANSPORT_ENV
 from serve_app.grpc.services import SERVICER_FUNCTIONS
 from tests.helpers import free_port, wait_for
 
@@ -44,6 +46,8 @@ def grpc_port() -> int:
 def serve_url(grpc_port: int) -> Iterator[str]:
     """Start Ray and Serve once; tear both down at the end, leaving no processes behind."""
     port = free_port()
+    # The transports' caps, as `make run` sets them: Ray's processes read them when they start.
+    os.environ.update(TRANSPORT_ENV)
     ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
     serve.start(
         http_options={"host": "127.0.0.1", "port": port},

