@@ -9,6 +9,7 @@ request id) ran before, and the call context is ``guard.current()``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -93,8 +94,8 @@ def build_fastapi_app(plane: DataPlane) -> FastAPI:
     async def get_openai_models() -> Response:
         return _response(await openai.models(plane))
 
-    @api.post("/v1/completions")
-    async def post_openai_completions(request: Request) -> Response:
+    async def posted(request: Request, route: Callable[..., Awaitable[Any]]) -> Response:
+        """A POST route's answer to its body, read within the ingress's limits."""
         settings = plane.settings
         body = await read_body(
             request.receive,
@@ -105,19 +106,17 @@ def build_fastapi_app(plane: DataPlane) -> FastAPI:
             ctx().deadline,
         )
         try:
-            return _response(await openai.completions(plane, ctx(), body))
+            return _response(await route(plane, ctx(), body))
         finally:
             plane.bodies.give(len(body))
 
+    @api.post("/v1/completions")
+    async def post_openai_completions(request: Request) -> Response:
+        return await posted(request, openai.completions)
+
     @api.post("/v1/chat/completions")
     async def post_openai_chat_completions(request: Request) -> Response:
-        limit = plane.settings.max_request_bytes
-        declared = request.headers.get("content-length")
-        body = await read_body(request.receive, declared, limit, plane.bodies)
-        try:
-            return _response(await openai.chat_completions(plane, ctx(), body))
-        finally:
-            plane.bodies.give(len(body))
+        return await posted(request, openai.chat_completions)
 
     # --- the status page -------------------------------------------------------------------
     # ``/`` is static (no token: it is also what a load balancer checks); the data it shows
