@@ -78,6 +78,7 @@ class _Waiting:
     size: int
     since: float
     queued: bool = True  # still in the queue, its caller waiting
+    alone: bool = False  # sent in a handle call of its own (see ``submit``)
 
 
 @dataclass(eq=False)
@@ -109,9 +110,15 @@ class Coalescer:
     _in_flight: set[_InFlight] = field(default_factory=set)
     _departed: int = 0  # entries of _queue whose callers gave up, not removed yet
 
-    def submit(self, request: PredictRequest, rows: int, size: int) -> asyncio.Future:
+    def submit(
+        self, request: PredictRequest, rows: int, size: int, alone: bool = False
+    ) -> asyncio.Future:
         """Queue one request; its future gets the replica's answer for it (an answer or a
-        ServingError). Raises ``Overloaded`` past ``max_queued`` waiting requests."""
+        ServingError). Raises ``Overloaded`` past ``max_queued`` waiting requests.
+
+        An ``alone`` request (a generation) gets a handle call of its own: when its caller
+        leaves, the call is cancelled and the replica stops generating for it, which it
+        cannot do for one member of a shared call. The replica still batches its rows."""
         if self.max_queued is not None and self.waiting >= self.max_queued:
             raise Overloaded(
                 f"model '{self.model}' is overloaded: {self.waiting} requests are waiting"
@@ -120,7 +127,7 @@ class Coalescer:
                 self.overload.retry_after_s,
             )
         future = asyncio.get_running_loop().create_future()
-        waiting = _Waiting(request, future, rows, size, time.monotonic())
+        waiting = _Waiting(request, future, rows, size, time.monotonic(), alone=alone)
         self._queue.append(waiting)
         future.add_done_callback(functools.partial(self._left, waiting))
         self._pump()
@@ -189,7 +196,10 @@ class Coalescer:
         while self._queue:
             waiting = self._queue[0]
             if batch and (
-                rows + waiting.rows > self.max_rows_per_call or size + waiting.size > MAX_CALL_BYTES
+                rows + waiting.rows > self.max_rows_per_call
+                or size + waiting.size > MAX_CALL_BYTES
+                or waiting.alone
+                or batch[0].alone
             ):
                 break
             self._queue.popleft()

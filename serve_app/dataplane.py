@@ -328,7 +328,9 @@ class DataPlane:
         size = tensor_bytes(request)
         self.hold_decoded(size)
         try:
-            future = self._coalescer(name).submit(request, rows, size)
+            # A generation is cancelled alone when its caller leaves (see Coalescer.submit).
+            alone = self.can(name, GENERATE)
+            future = self._coalescer(name).submit(request, rows, size, alone)
             answer = await self._wait(ctx, name, future)
         finally:
             self.bodies.give(size)

@@ -221,3 +221,26 @@ def test_a_request_past_its_deadline_is_504_before_its_body_is_decoded(
         assert answer.status_code == 504, answer.text
         assert "deadline" in answer.json()["error"], answer.text
     assert len(_calls(apart)) == before
+
+
+def test_each_generation_gets_a_handle_call_of_its_own(fleet: dict) -> None:
+    """A coalesced call is cancelled only when all its requests are gone, so a client that
+    left a shared call kept its rows generating. Generations go one per handle call, and a
+    departed client's call is cancelled (the replica stops generating for it at the next
+    token); the replica still batches the rows of concurrent generations together."""
+
+    def coalescing() -> dict:
+        answer = requests.get(f"{fleet['url']}/v2/models/tiny-gpt2/stats", timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["coalescing"]
+
+    before = coalescing()
+    bodies = [
+        {"model": "tiny-gpt2", "prompt": f"Story number {i}", "max_tokens": 24, "temperature": 0}
+        for i in range(12)
+    ]
+    responses = post_many(f"{fleet['url']}/v1/completions", bodies, concurrency=len(bodies))
+    assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
+    after = coalescing()
+    assert after["requests"] - before["requests"] == len(bodies), (before, after)
+    assert after["calls"] - before["calls"] == len(bodies), (before, after)

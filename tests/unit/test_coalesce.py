@@ -58,6 +58,22 @@ def test_requests_that_arrive_during_a_call_travel_together_and_answer_apart() -
     asyncio.run(scenario())
 
 
+def test_a_request_submitted_alone_gets_a_handle_call_of_its_own() -> None:
+    async def scenario() -> None:
+        model = FakeModel()
+        model.release.clear()
+        coalescer = Coalescer("m", model, max_rows_per_call=100)
+        shared = [coalescer.submit(_request(v), 1, 4) for v in (1, 2)]  # both slots busy
+        alone = [coalescer.submit(_request(v), 1, 4, alone=True) for v in (3, 4)]
+        rest = [coalescer.submit(_request(v), 1, 4) for v in (5, 6)]
+        await asyncio.sleep(0)
+        model.release.set()
+        await asyncio.gather(*shared, *alone, *rest)
+        assert model.calls == [1, 1, 1, 1, 2]  # 3 and 4 alone; 5 and 6 together
+
+    asyncio.run(scenario())
+
+
 def test_a_call_carries_at_most_one_batch_of_rows() -> None:
     async def scenario() -> None:
         model = FakeModel()
