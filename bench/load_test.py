@@ -19,7 +19,17 @@ instances), in turn. Then the run passes only when no good request failed or got
 answer (digits' probabilities and minilm's embedding against the one answer fetched before
 the load; tiny-gpt2's completion in its shape), no answer was a 500, every bad request got a
 4xx, and no model replica restarted (replica ids and pids from ``/v2/models/{m}/stats``
-before and after). The result gains a ``mixed`` section:
+before and after).
+
+``--hostile DIR`` adds issue 25's hostile traffic beside the good one (``bench/hostile.py``):
+8 stalled uploads, oversized gRPC calls, V2 parameters nested 500 deep, clients that leave
+mid-generation, and a broken ``digits`` version written into the polled repository under DIR
+(start the server from ``python -m bench.hostile --out DIR``'s config). It passes when no good
+request failed, nothing was answered 500, each hostile kind got its expected answer, no model
+replica restarted, ``digits`` reports the broken version and keeps serving, and no serving
+process grew by more than ``MEMORY_BOUND_MIB``. The result gains a ``hostile`` section.
+
+The result of ``--bad-fraction`` gains a ``mixed`` section:
 
     "mixed": {"bad_fraction": 0.1,
               "good": {"requests", "ok", "failed", "wrong_answers", "failed_samples"},
@@ -45,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import hostile as hostile_traffic
 from bench.bad_requests import DEFAULT_MAX_REQUEST_BYTES, BadRequest, catalogue
 from bench.loadgen import check_loopback
 
@@ -59,6 +70,17 @@ REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
         "/v1/completions",
         {"model": "tiny-gpt2", "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0},
     ),
+}
+
+
+# The most any serving process may grow (peak over its start) during a hostile run.
+MEMORY_BOUND_MIB = 300
+# What each kind of hostile request must get (bench/hostile.py).
+HOSTILE_EXPECTED = {
+    "stalled_uploads": {"408"},
+    "oversized_grpc": {"RESOURCE_EXHAUSTED"},
+    "deep_parameters": {"400"},
+    "departed_clients": {"left", "200"},
 }
 
 
@@ -188,6 +210,9 @@ async def run(
     request_timeout_s: float,
     bad_fraction: float = 0.0,
     bad_requests: list[BadRequest] | None = None,
+    hostile: Path | None = None,
+    grpc_target: str = "127.0.0.1:9000",
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     import aiohttp
     import yarl
@@ -203,7 +228,7 @@ async def run(
     client_timeout = aiohttp.ClientTimeout(total=request_timeout_s + 30)
     headers = {"X-Request-Timeout-Seconds": str(request_timeout_s)}
     connector = aiohttp.TCPConnector(limit=concurrency)
-    mixed = MixedResult() if bad_fraction > 0 else None
+    mixed = MixedResult() if bad_fraction > 0 or hostile is not None else None
     bad_requests = bad_requests if bad_requests is not None else catalogue()
     turn = 0  # the next bad request, in turn over the catalogue
     references: dict[str, Any] = {}
@@ -284,7 +309,16 @@ async def run(
                     references[name] = await response.json()
             replicas["before"] = await replica_ids(session, url, models)
         started = time.monotonic()
-        await asyncio.gather(*(worker(i, session) for i in range(concurrency)))
+        hostile_report: dict[str, Any] | None = None
+        if hostile is None:
+            await asyncio.gather(*(worker(i, session) for i in range(concurrency)))
+        else:
+            with hostile_traffic.ProcessMemory(server_pid) as memory:
+                outcome = await asyncio.gather(
+                    asyncio.gather(*(worker(i, session) for i in range(concurrency))),
+                    _hostile(url, grpc_target, hostile, deadline),
+                )
+            hostile_report = {**outcome[1], "memory": memory.report()}
         elapsed = time.monotonic() - started
         if mixed is not None:
             replicas["after"] = await replica_ids(session, url, models)
@@ -293,7 +327,62 @@ async def run(
     if mixed is not None:
         report["mixed"] = mixed.to_json(bad_fraction, replicas)
         report["passed"] = report["passed"] and mixed.passed(replicas, report["mixed"])
+    if hostile_report is not None:
+        hostile_report["problems"] = hostile_problems(hostile_report)
+        report["hostile"] = hostile_report
+        report["passed"] = report["passed"] and not hostile_report["problems"]
     return report
+
+
+async def _hostile(url: str, grpc_target: str, repository: Path, until: float) -> dict[str, Any]:
+    """Every hostile kind in a loop of its own until ``until``; their tallies. Its own
+    connections: the good traffic's pool is as large as its concurrency."""
+    import aiohttp
+
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    tallies = {kind: hostile_traffic.Tally() for kind in HOSTILE_EXPECTED}
+    async with aiohttp.ClientSession() as session:
+        version = await asyncio.gather(
+            hostile_traffic.stalled_uploads(host, int(port), until, tallies["stalled_uploads"]),
+            asyncio.to_thread(
+                hostile_traffic.oversized_grpc, grpc_target, until, tallies["oversized_grpc"]
+            ),
+            hostile_traffic.deep_parameters(session, url, until, tallies["deep_parameters"]),
+            hostile_traffic.departed_clients(session, url, until, tallies["departed_clients"]),
+            hostile_traffic.broken_version(session, url, repository, 10.0, until),
+        )
+    return {
+        "kinds": {kind: tally.to_json() for kind, tally in tallies.items()},
+        "broken_version": version[-1],
+        "memory_bound_mib": MEMORY_BOUND_MIB,
+    }
+
+
+def hostile_problems(report: dict[str, Any]) -> list[str]:
+    """What the hostile run got that it should not have."""
+    problems = []
+    for kind, expected in HOSTILE_EXPECTED.items():
+        codes = report["kinds"][kind]["codes"]
+        if not codes:
+            problems.append(f"{kind}: none sent")
+        unexpected = {code: n for code, n in codes.items() if code not in expected}
+        if unexpected:
+            problems.append(f"{kind}: got {unexpected}, expected only {sorted(expected)}")
+    broken = report["broken_version"]
+    states = {
+        str(v.get("version")): v.get("state")
+        for v in (broken["status"] or {}).get("model_version_status", [])
+    }
+    if states.get(str(broken["version"])) != "END":
+        problems.append(f"digits: broken version {broken['version']} not reported END: {states}")
+    if "AVAILABLE" not in states.values():
+        problems.append(f"digits: no version AVAILABLE after the broken one: {states}")
+    for process in report["memory"]:
+        if process["growth_mib"] > MEMORY_BOUND_MIB:
+            problems.append(
+                f"{process['name']} (pid {process['pid']}) grew {process['growth_mib']} MiB"
+            )
+    return problems
 
 
 def _good_failed(mixed: MixedResult | None, problem: str, counted: bool = False) -> None:
@@ -413,6 +502,20 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_MAX_REQUEST_BYTES,
         help="the server's ingress.max_request_bytes (the oversized bad request passes it)",
     )
+    parser.add_argument(
+        "--hostile",
+        type=Path,
+        default=None,
+        help="add issue 25's hostile traffic; DIR as written by `python -m bench.hostile`",
+    )
+    parser.add_argument("--grpc", default="127.0.0.1:9000", help="gRPC target (--hostile)")
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="`serve run`'s pid: memory of it and its descendants (--hostile; default: every"
+        " Ray and HAProxy process here)",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.bad_fraction < 1:
         parser.error("--bad-fraction must be at least 0 and below 1")
@@ -430,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
             args.request_timeout,
             args.bad_fraction,
             catalogue(args.max_request_bytes) if args.bad_fraction > 0 else None,
+            args.hostile / "repository" if args.hostile is not None else None,
+            args.grpc,
+            args.server_pid,
         )
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -448,6 +554,11 @@ def main(argv: list[str] | None = None) -> int:
             f" answers of 500 {mixed['answers_500']},"
             f" restarted {mixed['replicas']['restarted'] or 'none'}"
         )
+    if "hostile" in report:
+        for kind, tally in report["hostile"]["kinds"].items():
+            print(f"hostile {kind}: {tally['codes']}")
+        grown = report["hostile"]["memory"][:1]
+        print(f"largest memory growth: {grown}; problems: {report['hostile']['problems']}")
     print(
         f"hung {report['hung']}, errors other than backpressure"
         f" {report['errors_other_than_backpressure']}: {'PASS' if report['passed'] else 'FAIL'}"

@@ -62,7 +62,7 @@ def test_a_request_submitted_alone_gets_a_handle_call_of_its_own() -> None:
     async def scenario() -> None:
         model = FakeModel()
         model.release.clear()
-        coalescer = Coalescer("m", model, max_rows_per_call=100)
+        coalescer = Coalescer("m", model, max_rows_per_call=4)
         shared = [coalescer.submit(_request(v), 1, 4) for v in (1, 2)]  # both slots busy
         alone = [coalescer.submit(_request(v), 1, 4, alone=True) for v in (3, 4)]
         rest = [coalescer.submit(_request(v), 1, 4) for v in (5, 6)]
@@ -70,6 +70,17 @@ def test_a_request_submitted_alone_gets_a_handle_call_of_its_own() -> None:
         model.release.set()
         await asyncio.gather(*shared, *alone, *rest)
         assert model.calls == [1, 1, 1, 1, 2]  # 3 and 4 alone; 5 and 6 together
+
+        # Alone, up to a batch's worth (max_rows_per_call) of calls are in flight at once,
+        # so that the replica can still batch them.
+        model.calls.clear()
+        model.release.clear()
+        many = [coalescer.submit(_request(v), 1, 4, alone=True) for v in range(6)]
+        await asyncio.sleep(0)
+        assert model.calls == [1, 1, 1, 1] and coalescer.waiting == 2
+        model.release.set()
+        await asyncio.gather(*many)
+        assert model.calls == [1] * 6
 
     asyncio.run(scenario())
 

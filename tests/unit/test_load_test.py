@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from bench import hostile, load_test
 from bench.load_test import is_backpressure, percentile
 from bench.loadgen import check_loopback
 
@@ -125,3 +126,53 @@ def test_bad_fraction_is_a_share_below_one():
     for bad in ("1", "1.5", "-0.1"):
         with pytest.raises(SystemExit):
             main(["--bad-fraction", bad, "--url", "http://127.0.0.1:9"])
+
+
+def test_deep_parameters_body_is_valid_json_500_lists_deep() -> None:
+    body = json.loads(hostile.deep_parameters_body())
+    depth, value = 0, body["parameters"]["deep"]
+    while isinstance(value, list) and value:
+        depth, value = depth + 1, value[0]
+    assert depth + 1 == hostile.DEEP_PARAMETERS and value == []
+    assert body["inputs"][0]["name"] == "pixels"
+
+
+def _hostile_report(**changes: object) -> dict:
+    report = {
+        "kinds": {
+            "stalled_uploads": {"codes": {"408": 16}},
+            "oversized_grpc": {"codes": {"RESOURCE_EXHAUSTED": 50}},
+            "deep_parameters": {"codes": {"400": 300}},
+            "departed_clients": {"codes": {"left": 100}},
+        },
+        "broken_version": {
+            "version": 3,
+            "status": {
+                "model_version_status": [
+                    {"version": "3", "state": "END"},
+                    {"version": "2", "state": "AVAILABLE"},
+                ]
+            },
+        },
+        "memory": [{"pid": 1, "name": "ray::Ingress", "growth_mib": 20.0}],
+    }
+    report.update(changes)
+    return report
+
+
+def test_a_hostile_run_passes_only_with_the_expected_answers() -> None:
+    assert load_test.hostile_problems(_hostile_report()) == []
+    kinds = _hostile_report()["kinds"]
+    kinds["stalled_uploads"] = {"codes": {"408": 3, "hung": 1}}
+    assert load_test.hostile_problems(_hostile_report(kinds=kinds)) == [
+        "stalled_uploads: got {'hung': 1}, expected only ['408']"
+    ]
+    gone = {"version": 3, "status": {"model_version_status": [{"version": "3", "state": "END"}]}}
+    assert (
+        "no version AVAILABLE"
+        in load_test.hostile_problems(_hostile_report(broken_version=gone))[0]
+    )
+    grown = [{"pid": 7, "name": "ray::Ingress", "growth_mib": 900.0}]
+    assert load_test.hostile_problems(_hostile_report(memory=grown)) == [
+        "ray::Ingress (pid 7) grew 900.0 MiB"
+    ]
