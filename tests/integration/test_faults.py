@@ -212,6 +212,14 @@ def controller_stopped() -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
+def outcome(response: requests.Response) -> tuple[int, object]:
+    """Status and body: JSON when it is ours, else the text (e.g. Serve proxy's plain 408)."""
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, response.text
+
+
 def test_a_stalled_controller_holds_no_answer_past_its_deadline(url):
     """Readiness and model calls read Serve's state from its controller; while it does not
     answer, they answer within their deadlines from the view in hand (issue 25, item 11)."""
@@ -228,11 +236,11 @@ def test_a_stalled_controller_holds_no_answer_past_its_deadline(url):
             response = requests.get(
                 url + path, headers={"X-Request-Timeout-Seconds": "2"}, timeout=30
             )
-            answers[path] = (response.status_code, response.json())
-        ready = requests.get(f"{url}/v2/health/ready", timeout=30)
-        answers["ready, no deadline"] = (ready.status_code, ready.json())
-    assert answers["/v2/health/ready"] == (200, {"ready": True})
-    assert answers["ready, no deadline"] == (200, {"ready": True})
+            answers[path] = outcome(response)
+        answers["ready, no deadline"] = outcome(requests.get(f"{url}/v2/health/ready", timeout=30))
+    # Before the fix, Serve's proxy gave up on the 2 s header with its own plain 408.
+    assert answers["/v2/health/ready"] == (200, {"ready": True}), answers
+    assert answers["ready, no deadline"] == (200, {"ready": True}), answers
     assert answers["/v1/models/hp"][0] == 200, answers
     assert answers["/v2/models/other"][0] == 200, answers
     wait_for(
