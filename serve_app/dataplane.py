@@ -497,16 +497,19 @@ class DataPlane:
     async def ready(self, ctx: CallContext | None = None) -> bool:
         """Every model has a replica that can answer (Triton's strict readiness).
 
-        A probe must get its answer in time even while Serve's controller is slow: a fresh
-        view of the fleet is waited for at most ``READY_READ_S`` (and the request's
-        deadline); past that the view in hand answers, and with none yet, not ready.
+        A probe must get its answer in time even while Serve's controller is slow. With no
+        view of the fleet yet, the first one is waited for within the request's deadline
+        (not ready if it does not come); with a view in hand, a fresher one is waited for at
+        most ``READY_READ_S``, and past that the view in hand answers.
         """
         remaining = ctx.remaining_s() if ctx is not None else None
-        limit = READY_READ_S if remaining is None else max(0.0, min(READY_READ_S, remaining))
-        until = time.monotonic() + limit
-        if not await self.fleet.ready(limit):
+        if remaining is None:
+            remaining = self.settings.request_timeout_s
+        until = time.monotonic() + remaining
+        if not await self.fleet.ready(max(0.0, remaining)):
             return False
-        await self.fleet.refresh(max_age=1.0, timeout=max(0.0, until - time.monotonic()))
+        left = min(READY_READ_S, until - time.monotonic())
+        await self.fleet.refresh(max_age=1.0, timeout=max(0.0, left))
         return all(self.fleet.available(name) for name in self.fleet.model_names)
 
 

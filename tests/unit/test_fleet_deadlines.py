@@ -96,9 +96,10 @@ class Handle:
         return Method(self)
 
 
-def plane_with(controller: Controller, delay: float | None) -> DataPlane:
+def plane_with(controller: Controller, delay: float | None, **settings: Any) -> DataPlane:
     """A data plane serving model ``m`` of its own application; Serve read via ``controller``."""
-    plane = DataPlane("app", {"m": Handle(delay)}, {"m": ModelRoute("tensorflow")}, Settings())  # type: ignore[dict-item]
+    handles, routes = {"m": Handle(delay)}, {"m": ModelRoute("tensorflow")}
+    plane = DataPlane("app", handles, routes, Settings(**settings))  # type: ignore[arg-type]
     plane.fleet._read = controller.read  # type: ignore[method-assign]
     return plane
 
@@ -199,17 +200,18 @@ def test_the_first_view_is_waited_for_within_the_deadline_only() -> None:
 def test_readiness_answers_from_the_view_in_hand_while_the_controller_is_stuck() -> None:
     controller = Controller()
     controller.stuck.set()
-    plane = plane_with(controller, delay=0.0)
+    # A probe without a deadline of its own gets the default one (request_timeout_s).
+    plane = plane_with(controller, delay=0.0, request_timeout_s=0.5)
 
     async def scenario() -> tuple[bool, bool, bool, int]:
-        no_view = await plane.ready()  # no view yet: not ready, after at most 1 s
+        no_view = await plane.ready()  # no view yet: not ready once the deadline passes
         controller.free()
         await plane.fleet.refresh(max_age=0.0)  # the controller answers: a view in hand
         viewed = await plane.ready()
         controller.released.clear()
         controller.stuck.set()
         plane.fleet._reading._read_at = float("-inf")
-        stale = await plane.ready()  # a stuck read: the view in hand answers
+        stale = await plane.ready(ctx(60.0))  # a stuck read: the view in hand answers, <= 1 s
         in_deadline = await plane.ready(ctx(0.2))  # the request's deadline bounds it too
         return no_view, viewed, stale and in_deadline, controller.in_read
 
