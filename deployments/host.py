@@ -210,8 +210,9 @@ class ModelHost:
             else:  # here, on the loader thread: the serving versions keep answering
                 servable.warm_up()
         except Exception as exc:  # any failure leaves the serving versions as they are
-            if fetched:  # a version that will not serve keeps no cache lease
-                self._store.release(number)
+            if fetched:  # a version that will not serve keeps no cache lease, nor its copy:
+                self._store.release(number)  # it may be half-uploaded; the retry lists again
+                self._store.discard(number)
             reason = str(exc) if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
             version.error = (
                 f"model '{self.name}' version {number} at {self.spec.uri} failed to load: {reason}"

@@ -56,6 +56,10 @@ logger = logging.getLogger("ray.serve")
 
 T = TypeVar("T")
 _NAME = re.compile(MODEL_NAME_PATTERN.strip("^$"))
+# How long a readiness probe, or the 503 of a failed model, waits for a fresh view of the
+# fleet from Serve's controller before it answers from the view in hand.
+READY_READ_S = 1.0
+FAILURE_READ_S = 1.0
 # At most this many names are listed in a "not found" error (pools may hold thousands).
 KNOWN_NAMES_SHOWN = 20
 # Handle calls carry our own dataclasses and numpy arrays: plain pickle is enough and
@@ -146,11 +150,14 @@ class DataPlane:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             shown = name[:64] if isinstance(name, str) else type(name).__name__
             raise NotFound(f"model '{shown}' not found (model names match {MODEL_NAME_PATTERN})")
-        await self.fleet.ready()
+        # Serve's view, waited for within the deadline only: its controller can be slow.
+        viewed = await self.fleet.ready(ctx.remaining_s())
         handle = await self._find(name)
         if handle is None:  # deployed a moment ago? Serve's view is read again, at most 1/s
-            await self.fleet.refresh(max_age=MISS_REFRESH_S)
+            viewed = await self.fleet.refresh(MISS_REFRESH_S, ctx.remaining_s())
             handle = await self._find(name)
+        if handle is None and not viewed:  # maybe deployed: 404 would be a guess
+            raise DeadlineExceeded.reading_fleet(name)
         if handle is None or not self.can(name, need):
             known = [n for n in self.model_names() if self.can(n, need)]
             shown = ", ".join(known[:KNOWN_NAMES_SHOWN])
@@ -464,8 +471,20 @@ class DataPlane:
                 remaining = ctx.remaining_s()
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExceeded.for_model(name)
-                await self.fleet.refresh(max_age=1.0)
-                self.fleet.check(deployment)
+                # Has the model failed meanwhile? Serve's view is read while the answer is
+                # still awaited, not instead: a slow controller delays neither the answer
+                # nor the 504 at the deadline.
+                reading = asyncio.ensure_future(self.fleet.refresh(max_age=1.0))
+                try:
+                    done, _ = await asyncio.wait(
+                        {call, reading}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    reading.cancel()  # only this wait: the shared reading goes on
+                if call in done:
+                    return call.result()
+                if reading in done and not reading.cancelled() and reading.exception() is None:
+                    self.fleet.check(deployment)
         except (ModelUnavailable, DeadlineExceeded, asyncio.CancelledError):
             # A call that ended already is not cancelled: Serve's cancel() of a call that
             # could not be assigned raises that error again (DeploymentUnavailableError).
@@ -510,17 +529,29 @@ class DataPlane:
     async def _deploy_failure(self, deployment: str) -> ModelUnavailable:
         """The 503 for a deployment Serve reports failed: with the reason Serve recorded
         (a view at most 1 s old: requests to a failed model do not each read the status)."""
-        await self.fleet.refresh(max_age=1.0)
+        await self.fleet.refresh(max_age=1.0, timeout=FAILURE_READ_S)
         return self.fleet.failure(deployment) or ModelUnavailable(
             f"model '{deployment}' failed to deploy (see its status)"
         )
 
     # --- readiness -------------------------------------------------------------------------
 
-    async def ready(self) -> bool:
-        """Every model has a replica that can answer (Triton's strict readiness)."""
-        await self.fleet.ready()
-        await self.fleet.refresh(max_age=1.0)
+    async def ready(self, ctx: CallContext | None = None) -> bool:
+        """Every model has a replica that can answer (Triton's strict readiness).
+
+        A probe must get its answer in time even while Serve's controller is slow. With no
+        view of the fleet yet, the first one is waited for within the request's deadline
+        (not ready if it does not come); with a view in hand, a fresher one is waited for at
+        most ``READY_READ_S``, and past that the view in hand answers.
+        """
+        remaining = ctx.remaining_s() if ctx is not None else None
+        if remaining is None:
+            remaining = self.settings.request_timeout_s
+        until = time.monotonic() + remaining
+        if not await self.fleet.ready(max(0.0, remaining)):
+            return False
+        left = min(READY_READ_S, until - time.monotonic())
+        await self.fleet.refresh(max_age=1.0, timeout=max(0.0, left))
         return all(self.fleet.available(name) for name in self.fleet.model_names)
 
 

@@ -91,6 +91,16 @@ class DeadlineExceeded(ServingError):
             " (X-Request-Timeout-Seconds or ingress.request_timeout_s)"
         )
 
+    @classmethod
+    def reading_fleet(cls, model: str) -> DeadlineExceeded:
+        """The 504 of a request whose deadline passed while Serve's controller was still
+        answering where ``model`` is served (the name was not in the view in hand)."""
+        return cls(
+            f"the request's deadline passed while Serve's controller was still answering"
+            f" where model '{model}' is served; retry with a longer deadline"
+            " (X-Request-Timeout-Seconds or ingress.request_timeout_s)"
+        )
+
 
 class Unauthorized(ServingError):
     """Missing or wrong bearer token (401, with ``WWW-Authenticate: Bearer``)."""

@@ -56,7 +56,7 @@ def build_fastapi_app(plane: DataPlane) -> FastAPI:
 
     @api.get("/v2/health/ready")
     async def get_v2_ready() -> Response:
-        return _response(await v2.ready(plane))
+        return _response(await v2.ready(plane, ctx()))
 
     @api.get("/v2/models/{name}")
     async def get_v2_model(name: str) -> Response:

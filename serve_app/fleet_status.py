@@ -117,19 +117,23 @@ class FleetStatus:
         """Every deployment the ingress routes to: its own application's and the others'."""
         return [*self.static_names, *(n for n in self.apps if n not in self.static_names)]
 
-    async def ready(self) -> None:
-        """Start watching on first use and wait for the first view of the fleet."""
+    async def ready(self, timeout: float | None = None) -> bool:
+        """Start watching on first use and wait for the first view of the fleet, at most
+        ``timeout`` seconds (None: no limit); whether a view is in hand."""
         if self._first_read is None:
             self._first_read = asyncio.Event()
             loop = asyncio.get_running_loop()
             self._watcher = loop.create_task(self._watch_forever())
         if not self._first_read.is_set():
-            await self.refresh(max_age=0.0)
+            await self.refresh(max_age=0.0, timeout=timeout)
+        return self._first_read.is_set()
 
-    async def refresh(self, max_age: float) -> None:
+    async def refresh(self, max_age: float, timeout: float | None = None) -> bool:
         """Read Serve's details unless the view is younger than ``max_age`` seconds (one
-        read at a time; concurrent callers share it)."""
-        await self._reading.refresh(max_age)
+        read at a time; concurrent callers share it). Wait for it at most ``timeout``
+        seconds (None: no limit): Serve's controller can be slow to answer, and a request
+        must not outlive its deadline waiting for it. Whether the view is that young now."""
+        return await self._reading.refresh(max_age, timeout)
 
     async def _read_once(self) -> None:
         try:

@@ -19,13 +19,24 @@ class SharedRead:
         self._read_at = float("-inf")
         self._running: asyncio.Task | None = None
 
-    async def refresh(self, max_age: float) -> None:
-        """Return once a reading at most ``max_age`` seconds old has finished."""
+    async def refresh(self, max_age: float, timeout: float | None = None) -> bool:
+        """Return once a reading at most ``max_age`` seconds old has finished (True), or
+        after ``timeout`` seconds without one (False; None: no limit). A reading still
+        running then goes on, for whoever asks next."""
         if time.monotonic() - self._read_at < max_age:
-            return
+            return True
         if self._running is None or self._running.done():
             self._running = asyncio.get_running_loop().create_task(self._run())
-        await asyncio.shield(self._running)
+        running = self._running
+        if timeout is None:
+            await asyncio.shield(running)
+            return True
+        # wait() never cancels the reading; a caller out of time just stops waiting for it.
+        done, _ = await asyncio.wait({running}, timeout=max(0.0, timeout))
+        if not done:
+            return False
+        running.result()  # its error, if it failed, as for callers without a limit
+        return True
 
     async def _run(self) -> None:
         try:

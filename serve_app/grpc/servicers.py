@@ -221,7 +221,7 @@ async def server_ready(plane: DataPlane, body: bytes, grpc_context: Any) -> Any:
     """Ready when every model can answer (Triton's strict readiness, as on REST)."""
 
     async def answer(ctx: CallContext) -> Any:
-        return v2_proto.ServerReadyResponseProto(ready=await plane.ready())
+        return v2_proto.ServerReadyResponseProto(ready=await plane.ready(ctx))
 
     return await _serve(plane, "ServerReady", grpc_context, body, answer, triton_code, True)
 

@@ -26,9 +26,9 @@ def live() -> Reply:
     return json_reply({"live": True})
 
 
-async def ready(plane: DataPlane) -> Reply:
+async def ready(plane: DataPlane, ctx: CallContext | None = None) -> Reply:
     """Ready when every model has a replica that can answer (Triton's strict readiness)."""
-    is_ready = await plane.ready()
+    is_ready = await plane.ready(ctx)
     return json_reply({"ready": is_ready}, status=200 if is_ready else 503)
 
 

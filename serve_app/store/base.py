@@ -43,6 +43,13 @@ class ModelStore(abc.ABC):
         fails to load: a failed ``fetch`` releases on its own, a failed load cannot.
         """
 
+    def discard(self, version: int) -> None:  # noqa: B027 - optional hook, no-op by default
+        """``version`` failed to load: drop any local copy of it, so that the next ``fetch``
+        reads the repository as it stands then (the copy may be of a half-uploaded version).
+
+        Call it after ``release``. A store that reads its files in place has nothing to drop.
+        """
+
     def notice_for(self, version: int) -> str:
         """A note for ``version``'s status as the store stands now ("" if nothing unusual),
         e.g. that it is served from the cache because the repository is unreachable."""

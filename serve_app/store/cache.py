@@ -258,6 +258,14 @@ class RepositoryCache:
             os.rename(path, trash)
             shutil.rmtree(trash, ignore_errors=True)
 
+    def discard_unused(self, version: int, label: str) -> bool:
+        """Remove the copy of ``version`` unless some process holds a lease on it (it serves
+        that copy); whether it is gone. Takes the version's download lock meanwhile."""
+        with self.download_lock(version, label), try_locked(self.path / f"{version}.lease") as free:
+            if free:
+                self.discard(version)
+            return free
+
     @contextmanager
     def staging(self, version: int) -> Iterator[Path]:
         """A fresh directory to download into; removed unless ``commit`` moved it into place."""

@@ -146,6 +146,24 @@ class GCSStore(ModelStore):
         if lease is not None:
             lease.release()
 
+    def discard(self, version: int) -> None:
+        """A copy of ``version`` failed to load: drop it from the cache and list GCS again
+        before the next fetch, so a version copied while its upload was still in progress is
+        downloaded whole once the upload completes (by the retry, or by a replica that starts
+        later). A copy another replica serves is kept; so is every copy while GCS cannot be
+        reached, since nothing could replace it."""
+        self._version_dirs = None
+        if self._offline_reason or version in self._leases:
+            return
+        label = f"{self.location.uri} version {version}"
+        try:
+            dropped = self.repo.discard_unused(version, label)
+        except OSError as exc:  # e.g. a read-only, pre-filled cache: the retry reuses it
+            logger.warning("%s failed to load; cannot drop its cached copy: %s", label, exc)
+            return
+        if dropped:
+            logger.info("%s failed to load: its cached copy is dropped, to be listed again", label)
+
     # --- listing -----------------------------------------------------------------------
 
     def subdirectories(self) -> list[str]:

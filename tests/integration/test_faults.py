@@ -9,10 +9,13 @@ replica, the other model saw none, and Serve replaced the replica.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import ray
@@ -192,3 +195,56 @@ def test_killing_an_ingress_replica_fails_at_most_its_in_flight_requests(url):
     assert requests.post(
         f"{url}/v1/models/other:predict", json={"instances": [1.0]}, timeout=60
     ).json() == {"predictions": [2.5]}
+
+
+@contextmanager
+def controller_stopped() -> Iterator[None]:
+    """Serve's controller process stopped (SIGSTOP) for the block: every read of Serve's
+    state hangs until it ends, as with a controller too busy to answer."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    pid = ray.get(controller.__ray_call__.remote(lambda _: os.getpid()), timeout=60)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def outcome(response: requests.Response) -> tuple[int, object]:
+    """Status and body: JSON when it is ours, else the text (e.g. Serve proxy's plain 408)."""
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, response.text
+
+
+def test_a_stalled_controller_holds_no_answer_past_its_deadline(url):
+    """Readiness and model calls read Serve's state from its controller; while it does not
+    answer, they answer within their deadlines from the view in hand (issue 25, item 11)."""
+    # Each ingress replica reads the fleet on first use; 20 requests, which Serve's router
+    # spreads over both replicas, give each one a view in hand.
+    for _ in range(20):
+        assert requests.get(f"{url}/v2/health/ready", timeout=60).status_code == 200
+    answers = {}
+    with controller_stopped():
+        time.sleep(1.5)  # every ingress's view is now older than readiness accepts
+        # The client's timeout is only the hang guard: the controller stays stopped until
+        # the answers are in, so they came while no read of Serve's state could finish.
+        for path in ("/v2/health/ready", "/v1/models/hp", "/v2/models/other"):
+            response = requests.get(
+                url + path, headers={"X-Request-Timeout-Seconds": "2"}, timeout=30
+            )
+            answers[path] = outcome(response)
+        answers["ready, no deadline"] = outcome(requests.get(f"{url}/v2/health/ready", timeout=30))
+    # Before the fix, Serve's proxy gave up on the 2 s header with its own plain 408.
+    assert answers["/v2/health/ready"] == (200, {"ready": True}), answers
+    assert answers["ready, no deadline"] == (200, {"ready": True}), answers
+    assert answers["/v1/models/hp"][0] == 200, answers
+    assert answers["/v2/models/other"][0] == 200, answers
+    wait_for(
+        lambda: requests.get(f"{url}/v2/health/ready", timeout=60).status_code == 200,
+        60,
+        "readiness after the controller resumes",
+    )

@@ -284,3 +284,50 @@ def test_a_new_version_in_gcs_takes_over_even_after_gcs_failed_during_its_load(
         undeploy(APP)  # before the emulator stops
     traffic.assert_no_failures_and_monotonic()
     assert traffic.seen() == {1.0, 2.0}
+
+
+def test_a_half_uploaded_version_in_gcs_loads_once_its_upload_completes(
+    versions_app: str, tmp_path: Path
+) -> None:
+    """Version 2 is listed while its upload is in progress (no ``variables/`` yet): its load
+    fails and version 1 keeps answering. Once the upload completes, the retry drops the
+    incomplete cached copy, lists GCS again, downloads version 2 whole, and it takes over.
+    No request fails throughout (issue 25, item 8)."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for number in (1, 2):
+        write_offset_model(staging / str(number), float(number))
+    files = sorted(p for p in (staging / "2").rglob("*") if p.is_file())
+    later = [p for p in files if p.relative_to(staging / "2").parts[0] == "variables"]
+    assert later, "the SavedModel has variables to upload last"
+    with gcs_emulator(tmp_path / "emulator") as (emulator, proxy):
+        emulator.create_bucket("live")
+        emulator.upload_dir("live", "swap/1", staging / "1")
+        args = swap_args("gs://live/swap", poll_interval_s=0.5)
+        args["store"] = {"cache_dir": str(tmp_path / "cache"), "retry_timeout_s": 3}
+        env = {"env_vars": {"STORAGE_EMULATOR_HOST": proxy.url}}
+        deploy_and_wait(APP, args, runtime_env=env)
+        traffic = Traffic(f"{versions_app}/v1/models/swap")
+
+        def upload(paths: list[Path]) -> None:
+            for path in paths:
+                name = f"swap/2/{path.relative_to(staging / '2').as_posix()}"
+                emulator.upload_bytes("live", name, path.read_bytes())
+
+        with traffic.running():
+            wait_for(lambda: traffic.count() > 20, 60, "traffic on version 1")
+            upload([p for p in files if p not in later])  # the upload is under way
+            wait_for(
+                lambda: status(versions_app, "swap").get(2, {}).get("state") == "END",
+                120,
+                "the failed load of the half-uploaded version 2",
+            )
+            error = status(versions_app, "swap")[2]["status"]["error_message"]
+            assert "version 2" in error, error
+            assert traffic.latest() == 1.0
+            upload(later)  # the upload completes: the retry (10 s after the failure) loads it
+            wait_for(lambda: traffic.latest() == 2.0, 120, "answers from version 2")
+            assert status(versions_app, "swap")[2]["state"] == "AVAILABLE"
+        undeploy(APP)  # before the emulator stops
+    traffic.assert_no_failures_and_monotonic()
+    assert traffic.seen() == {1.0, 2.0}

@@ -436,3 +436,48 @@ def test_a_failed_fetch_releases_the_lease_it_took(proxy: CountingProxy, tmp_pat
     assert not lease_is_free(models, 2)  # held while the version serves
     models.release(2)  # what the host calls when the version unloads, or fails to load
     assert lease_is_free(models, 2)
+
+
+def test_a_half_uploaded_version_that_failed_to_load_is_listed_and_downloaded_again(
+    gcs: tuple[Emulator, CountingProxy], proxy: CountingProxy, tmp_path: Path
+) -> None:
+    emulator = gcs[0]
+    weights = os.urandom(4_000)
+    emulator.upload_bytes(BUCKET, "partial/1/config.json", b'{"layers": 2}')  # upload under way
+    models = store("gs://models/partial", tmp_path)
+    assert models.list_versions() == [1]
+    assert files_under(models.fetch(1)) == {"config.json": b'{"layers": 2}'}
+    models.release(1)  # what the host does when the version fails to load...
+    models.discard(1)  # ...and then this: the copy may be of a half-uploaded version
+    emulator.upload_bytes(BUCKET, "partial/1/weights.bin", weights)  # the upload completes
+    proxy.reset_counts()
+
+    retried = models.fetch(1)  # the host's retry (10 s later)
+    assert files_under(retried) == {"config.json": b'{"layers": 2}', "weights.bin": weights}
+    assert sorted(s.object_name for s in proxy.media()) == [
+        "partial/1/config.json",
+        "partial/1/weights.bin",
+    ]
+    assert any(s.is_listing for s in proxy.seen())  # listed again, not from the old listing
+    proxy.reset_counts()
+    restarted = store("gs://models/partial", tmp_path)  # a replica started later reuses it
+    assert restarted.fetch(1) == retried
+    assert proxy.media() == []
+
+
+def test_a_copy_another_replica_serves_is_not_dropped_when_a_load_fails(
+    gcs: tuple[Emulator, CountingProxy], proxy: CountingProxy, tmp_path: Path
+) -> None:
+    serving = store("gs://models/digits", tmp_path)
+    path = serving.fetch(2)  # holds the version's lease while it serves
+    failing = store("gs://models/digits", tmp_path)
+    assert failing.fetch(2) == path
+    failing.release(2)
+    failing.discard(2)  # this replica's load failed (say, out of memory): the other serves it
+    assert files_under(path) == {
+        "model.bin": FILES["digits/2/model.bin"],
+        "assets/vocab.txt": FILES["digits/2/assets/vocab.txt"],
+    }
+    serving.release(2)
+    failing.discard(2)
+    assert not path.exists()
