@@ -176,11 +176,12 @@ class Coalescer:
                     future.set_result(error)
 
     def _pump(self) -> None:
-        """Start calls while there is room and requests wait. Requests sent alone may fill a
-        replica's batch (``max_rows_per_call`` calls each), so that it still batches them."""
+        """Start calls while there is room and requests wait. Requests sent alone may have
+        as many rows in flight as coalesced calls carry (``max_rows_per_call`` calls for each
+        call), so that the replica still batches them, one batch queued behind another."""
         calls = CALLS_PER_REPLICA
         if self._queue and self._queue[0].alone:
-            calls = max(CALLS_PER_REPLICA, self.max_rows_per_call)
+            calls = CALLS_PER_REPLICA * self.max_rows_per_call
         limit = calls * max(1, self.replicas())
         while self._queue and len(self._in_flight) < limit:
             batch = self._take()

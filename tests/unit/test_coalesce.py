@@ -71,16 +71,16 @@ def test_a_request_submitted_alone_gets_a_handle_call_of_its_own() -> None:
         await asyncio.gather(*shared, *alone, *rest)
         assert model.calls == [1, 1, 1, 1, 2]  # 3 and 4 alone; 5 and 6 together
 
-        # Alone, up to a batch's worth (max_rows_per_call) of calls are in flight at once,
-        # so that the replica can still batch them.
+        # Alone, as many rows are in flight as coalesced calls would carry (2 calls of
+        # max_rows_per_call), so that the replica can still batch them.
         model.calls.clear()
         model.release.clear()
-        many = [coalescer.submit(_request(v), 1, 4, alone=True) for v in range(6)]
+        many = [coalescer.submit(_request(v), 1, 4, alone=True) for v in range(10)]
         await asyncio.sleep(0)
-        assert model.calls == [1, 1, 1, 1] and coalescer.waiting == 2
+        assert model.calls == [1] * 8 and coalescer.waiting == 2
         model.release.set()
         await asyncio.gather(*many)
-        assert model.calls == [1] * 6
+        assert model.calls == [1] * 10
 
     asyncio.run(scenario())
 
