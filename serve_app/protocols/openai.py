@@ -207,6 +207,15 @@ def models_list(names: list[str], created: int) -> dict[str, Any]:
     }
 
 
+def usage_counts(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's ``usage`` of a completion or chat completion."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 def completion_response(
     model: str, outputs: dict[str, np.ndarray], n: int, include_usage: bool = True
 ) -> dict[str, Any]:
@@ -228,12 +237,7 @@ def completion_response(
     }
     if include_usage:
         prompts = sum(prompt_tokens[::n])  # each prompt counted once, not once per choice
-        completions = sum(completion_tokens)
-        body["usage"] = {
-            "prompt_tokens": prompts,
-            "completion_tokens": completions,
-            "total_tokens": prompts + completions,
-        }
+        body["usage"] = usage_counts(prompts, sum(completion_tokens))
     return body
 
 
@@ -251,11 +255,7 @@ class CompletionStream:
         return self._event({**self._head(), "choices": [choice]})
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
+        usage = usage_counts(prompt_tokens, completion_tokens)
         return self._event({**self._head(), "choices": [], "usage": usage})
 
     @staticmethod
@@ -317,11 +317,7 @@ def chat_response(model: str, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
                 "finish_reason": str(outputs["_finish_reason"][0]),
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage_counts(prompt_tokens, completion_tokens),
     }
 
 
