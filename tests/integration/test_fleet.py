@@ -12,7 +12,7 @@ from ray import serve
 
 from serve_app.examples import digits_sample
 from tests.helpers import post_many, wait_for
-from tests.integration.conftest import deploy, deploy_and_wait
+from tests.integration.conftest import APP_START_TIMEOUT_S, deploy, deploy_and_wait, undeploy
 from tests.integration.fleet import MAX_REQUEST_BYTES
 
 pytestmark = pytest.mark.integration
@@ -288,10 +288,14 @@ def test_config_error_names_the_bad_key_and_model(serve_url: str, model_repo: Pa
             }
         ]
     }
-    app = deploy_and_wait("badconfig", args, expect=("DEPLOY_FAILED",))
-    assert "model 'digits'" in app.message
-    assert "unknown key 'max_batch_sise'" in app.message
-    assert "max_batch_size" in app.message  # names what is allowed
+    try:
+        app = deploy_and_wait("badconfig", args, expect=("DEPLOY_FAILED",))
+        assert "model 'digits'" in app.message
+        assert "unknown key 'max_batch_sise'" in app.message
+        assert "max_batch_size" in app.message  # names what is allowed
+    finally:
+        # A failed application left in the config is built again at every later deploy.
+        undeploy("badconfig")
 
 
 def test_a_request_waiting_on_a_failing_model_gets_503_not_a_hang(
@@ -302,15 +306,24 @@ def test_a_request_waiting_on_a_failing_model_gets_503_not_a_hang(
     (tmp_path / "1" / "model.keras").write_bytes(b"corrupt")
     args = {"models": [{"name": "late", "framework": "tensorflow", "uri": str(tmp_path)}]}
     deploy("late", args)
-    wait_for(  # the fleet's ingress at "/" answers until the proxy routes /late
-        lambda: (
-            "known models: late" in requests.get(f"{serve_url}/late/v1/models/x", timeout=5).text
-        ),
-        120,
-        "the ingress of application 'late'",
-    )
-    response = requests.post(
-        f"{serve_url}/late/v1/models/late:predict", json={"instances": [[1.0]]}, timeout=120
-    )
-    assert response.status_code == 503
-    assert "failed to load" in response.json()["error"]
+    seen: list[str] = []
+
+    def routed() -> bool:  # the fleet's ingress at "/" answers until the proxy routes /late
+        answer = requests.get(f"{serve_url}/late/v1/models/x", timeout=5)
+        seen[:] = [f"{answer.status_code} {answer.text[:300]}"]
+        return "known models: late" in answer.text
+
+    try:
+        # Its model's replicas fail to start (each try imports TensorFlow): on 2 busy cores
+        # the ingress replica can take minutes to start beside them.
+        try:
+            wait_for(routed, APP_START_TIMEOUT_S, "the ingress of application 'late'")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its last answer: {seen}") from None
+        response = requests.post(
+            f"{serve_url}/late/v1/models/late:predict", json={"instances": [[1.0]]}, timeout=120
+        )
+        assert response.status_code == 503
+        assert "failed to load" in response.json()["error"]
+    finally:
+        undeploy("late")
