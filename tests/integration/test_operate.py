@@ -126,12 +126,12 @@ def test_a_model_scaled_to_zero_answers_its_next_request(
     print(f"cold start from zero replicas: {cold_start_s:.1f} s")
 
 
-def test_a_resource_preserving_swap_frees_the_old_version_first_and_drops_nothing(
-    fleet: dict, model_repo: Path, tmp_path: Path, cleanup: list[str]
-) -> None:
-    url, name = fleet["url"], "swapper"
-    cleanup.append(name)
-    repo = tmp_path / "swapper"
+def _serve_resource_swapping(
+    url: str, name: str, model_repo: Path, tmp_path: Path
+) -> tuple[Path, int]:
+    """digits version 1 as model ``name`` with ``swap_policy: resource``, its repository
+    polled every second; (that repository, the replica's pid) once it answers."""
+    repo = tmp_path / name
     shutil.copytree(model_repo / "digits" / "1", repo / "1")
     args = {
         "uri": str(repo),
@@ -141,7 +141,15 @@ def test_a_resource_preserving_swap_frees_the_old_version_first_and_drops_nothin
     }
     deploy_apps([model_app(name, args)])
     wait_for(lambda: _v2(url, name).status_code == 200, 240, "the model to answer")
-    pid = _replicas(name)[0]["pid"]
+    return repo, _replicas(name)[0]["pid"]
+
+
+def test_a_resource_preserving_swap_frees_the_old_version_first_and_drops_nothing(
+    fleet: dict, model_repo: Path, tmp_path: Path, cleanup: list[str]
+) -> None:
+    url, name = fleet["url"], "swapper"
+    cleanup.append(name)
+    repo, pid = _serve_resource_swapping(url, name, model_repo, tmp_path)
 
     failures: list[str] = []
     seen: set[str] = set()
@@ -181,17 +189,7 @@ def test_a_resource_swap_to_a_broken_version_brings_the_old_version_back(
     shows the broken version with its reason (issue 25, item 9)."""
     url, name = fleet["url"], "swapback"
     cleanup.append(name)
-    repo = tmp_path / "swapback"
-    shutil.copytree(model_repo / "digits" / "1", repo / "1")
-    args = {
-        "uri": str(repo),
-        "swap_policy": "resource",
-        "poll_interval_s": 1,
-        "resources": {"num_cpus": 0.1},
-    }
-    deploy_apps([model_app(name, args)])
-    wait_for(lambda: _v2(url, name).status_code == 200, 240, "the model to answer")
-    pid = _replicas(name)[0]["pid"]
+    repo, pid = _serve_resource_swapping(url, name, model_repo, tmp_path)
 
     answers: list[tuple[int, str]] = []
     stop = threading.Event()

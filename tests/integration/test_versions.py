@@ -260,12 +260,7 @@ def test_a_new_version_in_gcs_takes_over_even_after_gcs_failed_during_its_load(
     for number in (1, 2):
         write_offset_model(staging / str(number), float(number))
     with gcs_emulator(tmp_path / "emulator") as (emulator, proxy):
-        emulator.create_bucket("live")
-        emulator.upload_dir("live", "swap/1", staging / "1")
-        args = swap_args("gs://live/swap", poll_interval_s=0.5)
-        args["store"] = {"cache_dir": str(tmp_path / "cache"), "retry_timeout_s": 3}
-        env = {"env_vars": {"STORAGE_EMULATOR_HOST": proxy.url}}
-        deploy_and_wait(APP, args, runtime_env=env)
+        _deploy_from_gcs(emulator, proxy, staging / "1", tmp_path / "cache")
         traffic = Traffic(f"{versions_app}/v1/models/swap")
         with traffic.running():
             wait_for(lambda: traffic.count() > 20, 60, "traffic on version 1")
@@ -286,6 +281,17 @@ def test_a_new_version_in_gcs_takes_over_even_after_gcs_failed_during_its_load(
     assert traffic.seen() == {1.0, 2.0}
 
 
+def _deploy_from_gcs(emulator: Any, proxy: Any, version_1: Path, cache: Path) -> None:
+    """Model ``swap`` from ``gs://live/swap`` (version 1 uploaded), polled every 0.5 s,
+    through the emulator's fault-injecting proxy."""
+    emulator.create_bucket("live")
+    emulator.upload_dir("live", "swap/1", version_1)
+    args = swap_args("gs://live/swap", poll_interval_s=0.5)
+    args["store"] = {"cache_dir": str(cache), "retry_timeout_s": 3}
+    env = {"env_vars": {"STORAGE_EMULATOR_HOST": proxy.url}}
+    deploy_and_wait(APP, args, runtime_env=env)
+
+
 def test_a_half_uploaded_version_in_gcs_loads_once_its_upload_completes(
     versions_app: str, tmp_path: Path
 ) -> None:
@@ -301,12 +307,7 @@ def test_a_half_uploaded_version_in_gcs_loads_once_its_upload_completes(
     later = [p for p in files if p.relative_to(staging / "2").parts[0] == "variables"]
     assert later, "the SavedModel has variables to upload last"
     with gcs_emulator(tmp_path / "emulator") as (emulator, proxy):
-        emulator.create_bucket("live")
-        emulator.upload_dir("live", "swap/1", staging / "1")
-        args = swap_args("gs://live/swap", poll_interval_s=0.5)
-        args["store"] = {"cache_dir": str(tmp_path / "cache"), "retry_timeout_s": 3}
-        env = {"env_vars": {"STORAGE_EMULATOR_HOST": proxy.url}}
-        deploy_and_wait(APP, args, runtime_env=env)
+        _deploy_from_gcs(emulator, proxy, staging / "1", tmp_path / "cache")
         traffic = Traffic(f"{versions_app}/v1/models/swap")
 
         def upload(paths: list[Path]) -> None:
