@@ -244,6 +244,8 @@ def completion_response(
 class CompletionStream:
     """Server-sent events of one streamed completion, ending with ``data: [DONE]``."""
 
+    object_name = "text_completion"
+
     def __init__(self, model: str, include_usage: bool) -> None:
         self.model = model
         self.include_usage = include_usage
@@ -269,7 +271,7 @@ class CompletionStream:
     def _head(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "object": "text_completion",
+            "object": self.object_name,
             "created": self.created,
             "model": self.model,
         }
@@ -325,6 +327,8 @@ class ChatStream(CompletionStream):
     """Server-sent ``chat.completion.chunk`` events: the assistant's role first, then content
     deltas, the finish reason (an empty delta), optional usage, and ``data: [DONE]``."""
 
+    object_name = "chat.completion.chunk"
+
     def __init__(self, model: str, include_usage: bool) -> None:
         super().__init__(model, include_usage)
         self.id = _chat_id()
@@ -341,14 +345,6 @@ class ChatStream(CompletionStream):
     def _choice(self, delta: dict[str, str], finish_reason: str | None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return self._event({**self._head(), "choices": [choice]})
-
-    def _head(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-        }
 
 
 def _chat_id() -> str:
