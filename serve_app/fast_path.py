@@ -142,7 +142,7 @@ def fast_path_hint() -> str:
         "serve-app: Ray was started without the fast request path, so every request crosses"
         " Serve's Python proxy (on a 2-core machine digits at c=1: ~22 ms instead of ~3 ms)."
         f" Start it with `make run`, or with `env {words}` before `serve run` / `ray start`"
-        " (see README, Quick start)."
+        " (see README.md, Quick start)."
     )
 
 

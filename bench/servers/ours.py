@@ -74,7 +74,7 @@ def config_for(model: str) -> dict[str, Any]:
     """The config served for ``model``: ``serve_config.yaml``, plus the wrapped digits
     application for ``digits-python``."""
     config = load_config()
-    if model == ONNX_MINILM:  # the application README's "ONNX Runtime" shows
+    if model == ONNX_MINILM:  # the application docs/own-models.md's "ONNX Runtime" shows
         config["applications"].append(copy.deepcopy(ONNX_APP))
     if model == PYTHON_DIGITS:
         digits = next(a for a in config["applications"] if a["name"] == "digits")

@@ -31,7 +31,7 @@ def served_fleet() -> Iterator[None]:
         pytest.fail("port 8000 is already in use; stop the other server first")
     except requests.ConnectionError:
         pass
-    with socket.socket() as probe:  # the README's gRPC calls must reach this server too
+    with socket.socket() as probe:  # the docs' gRPC calls (README.md, docs/) must reach it too
         if probe.connect_ex(("127.0.0.1", GRPC_PORT)) == 0:
             pytest.fail(f"port {GRPC_PORT} (gRPC) is already in use; stop the other server first")
     build_model_repository(ROOT / "model_repository")

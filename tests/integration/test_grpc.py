@@ -2,9 +2,10 @@
 (``tensorflow-serving-api``) and ``tritonclient.grpc``, checking the exact status codes.
 
 These calls cross Serve's Python proxy (``serve.start`` without the fast path); the e2e test
-runs the README's gRPC calls through HAProxy. More than one application runs in this session,
-so every call names its application in the ``application`` metadata, as Serve's proxy needs;
-with one application (``serve run serve_config.yaml``) clients send none (e2e).
+runs the documented gRPC calls (README.md, docs/protocols.md) through HAProxy. More than one
+application runs in this session, so every call names its application in the ``application``
+metadata, as Serve's proxy needs; with one application (``serve run serve_config.yaml``)
+clients send none (e2e).
 
 A second application (``grpc-guarded``) has bearer auth, a version label, small limits and a
 model whose batches wait 10 s to fill, for auth, labels, limits and deadlines.

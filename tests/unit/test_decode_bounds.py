@@ -17,7 +17,7 @@ from serve_app.guard import Settings
 from serve_app.protocols import v2, v2_proto
 from serve_app.request import PredictRequest
 
-# The documented limits (README, Limits).
+# The documented limits (docs/operations.md, "Limits").
 LIMIT = 65_536
 JSON_STRINGS = 131_072
 
