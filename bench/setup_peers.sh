@@ -87,4 +87,7 @@ if [[ -x "$DEBIAN_PY" ]]; then
 else
   echo "pytriton: skipped: $DEBIAN_PY is missing (PyTriton needs Debian's Python here)" >&2
 fi
+# `transformers serve` (bench/generate.py) is .venv's transformers; it needs accelerate, whose
+# dependencies (torch among them: the CUDA build on the public index) are all in .venv.
+make_venv transformers-serve "$PYENV_PY" "import accelerate" "--no-deps" "accelerate==1.16.0"
 echo "peer venvs ready under $VENVS"

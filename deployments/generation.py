@@ -112,3 +112,32 @@ def chat_messages(conversation: str) -> list[dict[str, str]]:
             ' {"role": string, "content": string}'
         )
     return messages
+
+
+class Detokenizer:
+    """Text of tokens decoded one step at a time, never splitting a character: a token that
+    ends mid-character (byte-level BPE) waits for the next one."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._prefix = 0  # decoding restarts here, so context-dependent spacing stays right
+        self._read = 0  # text up to here was returned
+
+    def add(self, tokens: list[int]) -> str:
+        """The new text that ``tokens`` complete ("" while a character is incomplete)."""
+        self.ids.extend(tokens)
+        return self._text(final=False)
+
+    def finish(self) -> str:
+        """Whatever text is still held back once generation ends."""
+        return self._text(final=True)
+
+    def _text(self, final: bool) -> str:
+        decode = self._tokenizer.decode
+        before = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        whole = decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if (not final and whole.endswith("\ufffd")) or len(whole) <= len(before):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return whole[len(before) :]

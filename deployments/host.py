@@ -205,6 +205,7 @@ class ModelHost:
                 metrics.record_cache_fetch(self.name, self._store.last_fetch_cached)
             version.notice = store_notice(self._store)
             servable = self._servable_class(self.spec, path, self._executor)
+            servable.apply_batching(self.hot.batching.max_batch_size)  # user_config's, if set
             if servable.warm_up_on_inference_thread:
                 self._executor.submit(servable.warm_up).result()
             else:  # here, on the loader thread: the serving versions keep answering
@@ -346,6 +347,8 @@ class ModelHost:
         """Take new hot settings; a changed version policy (or polling) reconciles in the
         background. Call on the replica's event loop."""
         previous, self.hot = self.hot, hot
+        for number in self.table.available():
+            self.table.versions[number].servable.apply_batching(hot.batching.max_batch_size)
         if self._maintainer is None or self._maintainer.done():
             self._wake = asyncio.Event()
             self._maintainer = asyncio.get_running_loop().create_task(self._maintain())
@@ -485,7 +488,8 @@ class ModelHost:
                     self,
                     request.deadline,
                 )
-                futures.append(enqueue(item))
+                future = servable.submit(item)  # a model batching itself takes it
+                futures.append(enqueue(item) if future is None else future)
         except BaseException:
             for future in futures:  # chunks queued already are computed for nobody
                 future.cancel()

@@ -6,6 +6,7 @@ new version can load beside the one serving and take over without a restart.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -20,6 +21,7 @@ from serve_app.errors import InvalidInput, UnknownSignature
 from serve_app.request import PREDICT, PredictRequest
 
 if TYPE_CHECKING:
+    from deployments.batching import BatchItem
     from serve_app.config import ModelSpec
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -127,6 +129,14 @@ class Servable:
     def postprocess(self, outputs: dict[str, np.ndarray]) -> list[bytes]:
         """One request's outputs as JSON, one encoded value per row (off the event loop)."""
         raise NotImplementedError
+
+    def submit(self, item: BatchItem) -> asyncio.Future | None:
+        """A model that schedules its own calls (continuous batching) takes a checked item
+        here and returns the future of its outputs; None: the replica's batcher runs it."""
+        return None
+
+    def apply_batching(self, max_batch_size: int) -> None:
+        """A new ``max_batch_size`` from the hot settings (for a model that batches itself)."""
 
     def signature_defs(self) -> dict[str, Any]:
         """Signatures in TF Serving's metadata JSON form."""

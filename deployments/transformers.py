@@ -13,11 +13,15 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from deployments.batching import BatchItem
+from deployments.decoding import DecodingEngine, Sampling
 from deployments.generation import (
+    Detokenizer,
     GenerationParameters,
     StopScanner,
     chat_messages,
@@ -36,15 +40,30 @@ from deployments.text import (
     embedding_signature,
     texts_of,
 )
-from serve_app.errors import DeadlineExceeded, InvalidInput
+from serve_app.errors import DeadlineExceeded, InvalidInput, ServingError
 from serve_app.request import EMBED, GENERATE, PREDICT, STREAM, PredictRequest
 
 DEFAULT_MAX_NEW_TOKENS = 32
 MAX_NEW_TOKENS_LIMIT = 1024
+# Prompts longer than this are checked (tokenized) on the inference thread, not the event loop.
+OFF_LOOP_CHECK_CHARACTERS = 64 * 1024
 # A stream whose model produces no token for this long ends with an error event.
 STREAM_GAP_S = 60.0
 # What each task adds to predict (TF Serving and V2 requests on the task's signature).
 TASK_CAPABILITIES = {"feature-extraction": (EMBED,), "text-generation": (GENERATE, STREAM)}
+
+
+class TransformersOptions(BaseModel):
+    """``transformers:`` in a model's args (text-generation models)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # continuous: requests join and leave the running batch at each decoding step
+    # (deployments/decoding.py); request: whole requests batched in one generate() call.
+    generation_batching: Literal["continuous", "request"] = "continuous"
+    # The bound on the running batch's key/value cache, in tokens (rows x longest row):
+    # past it generations wait for room. A prompt plus its max_new_tokens must fit alone.
+    max_tokens_in_flight: Annotated[int, Field(ge=64, le=16_777_216)] = 16_384
 
 
 def _spec(name: str, dtype: np.dtype, shape: tuple[int, ...], **kw: Any) -> TensorSpec:
@@ -59,6 +78,7 @@ class TransformersModel(Servable):
     tasks = ("text-generation", "feature-extraction", "text-classification")
     task_required = True
     takes_dtype = True
+    options_model = TransformersOptions
     # torch's OpenMP threads belong to the thread that first computes: a model first run on
     # another thread computes about 1.5x slower on the inference thread ever after
     # (bench/NOTES.md, issue 14 #4).
@@ -100,7 +120,40 @@ class TransformersModel(Servable):
             self._tokenizer.padding_side = "left"
             if self._tokenizer.pad_token is None:
                 self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._engine = self._decoding_engine()
         self._signatures = {DEFAULT_SIGNATURE: self._task_signature(config)}
+
+    def _decoding_engine(self) -> DecodingEngine | None:
+        """The continuous-batching engine of a text-generation model (unless its options ask
+        for request-level batching)."""
+        options = self.parse_options(self.spec.options)
+        if self.spec.task != "text-generation" or options.generation_batching != "continuous":
+            return None
+        eos = self._model.generation_config.eos_token_id
+        eos_ids = {*(eos if isinstance(eos, list) else [eos]), self._tokenizer.eos_token_id}
+        return DecodingEngine(
+            self._model,
+            self._device,
+            self._executor,
+            eos_ids={i for i in eos_ids if i is not None},
+            pad_id=self._tokenizer.pad_token_id,
+            max_rows=self.spec.batching.max_batch_size,
+            max_tokens=options.max_tokens_in_flight,
+            max_queued=self.spec.max_queued_requests,
+        )
+
+    def warm_up(self) -> None:
+        """The usual check, then two tokens through the continuous-batching engine."""
+        super().warm_up()
+        if self._engine is not None:
+            prompt = self._tokenizer("warm-up")["input_ids"]
+            with self._torch.inference_mode():
+                self._engine.run_alone(prompt, 2)
+
+    def apply_batching(self, max_batch_size: int) -> None:
+        """A new ``max_batch_size``: the running batch's row limit from its next step."""
+        if getattr(self, "_engine", None) is not None:
+            self._engine.max_rows = max_batch_size
 
     def _task_signature(self, config: Any) -> Signature:
         text = TEXT_INPUT
@@ -193,6 +246,12 @@ class TransformersModel(Servable):
                 raise InvalidInput(
                     f"text[{row}] ({length} tokens) plus max_new_tokens ({budget}) exceeds"
                     f" the model's context of {self._max_length} tokens"
+                )
+            if self._engine is not None and length + budget > self._engine.max_tokens:
+                raise InvalidInput(
+                    f"text[{row}] ({length} tokens) plus max_new_tokens ({budget}) exceeds"
+                    f" the model's transformers.max_tokens_in_flight"
+                    f" ({self._engine.max_tokens})"
                 )
 
     def infer(
@@ -325,6 +384,57 @@ class TransformersModel(Servable):
             )
         return results
 
+    def submit(self, item: BatchItem) -> asyncio.Future | None:
+        """Generation rows go to the continuous-batching engine, each a sequence of its own,
+        not to the replica's batcher; the future gets the item's outputs (or its error)."""
+        if self._engine is None:
+            return None
+        return asyncio.ensure_future(
+            self._complete_rows(item.inputs, item.parameters, item.deadline)
+        )
+
+    async def _complete_rows(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any], deadline: float | None
+    ) -> dict[str, np.ndarray] | ServingError:
+        """Every row's completion, generated side by side in the running batch."""
+        settings = parse_generation_parameters(parameters)
+        texts = texts_of(inputs["text"])
+        budgets = inputs["max_new_tokens"].tolist()
+        try:
+            async with asyncio.TaskGroup() as group:  # one failing row ends its siblings
+                tasks = [
+                    group.create_task(self._complete(text, int(budget), settings, deadline))
+                    for text, budget in zip(texts, budgets)
+                ]
+        except ExceptionGroup as failed:
+            error = failed.exceptions[0]
+            if isinstance(error, ServingError):
+                return error
+            return ServingError(f"model '{self.name}' failed: {type(error).__name__}: {error}")
+        rows = [task.result() for task in tasks]
+        completions = np.array([row["text"] for row in rows], dtype=object)
+        return {
+            "generated_text": np.array([t + c for t, c in zip(texts, completions)], dtype=object),
+            "_completion": completions,
+            "_finish_reason": np.array([row["finish_reason"] for row in rows], dtype=object),
+            "_prompt_tokens": np.array([row["prompt_tokens"] for row in rows], dtype=np.int32),
+            "_completion_tokens": np.array(
+                [row["completion_tokens"] for row in rows], dtype=np.int32
+            ),
+        }
+
+    async def _complete(
+        self, text: str, max_new_tokens: int, settings: GenerationParameters, deadline: float | None
+    ) -> dict[str, Any]:
+        """One row's whole completion: its text and the stream's final item."""
+        pieces = []
+        async for item in self._stream_continuous(text, max_new_tokens, settings, deadline):
+            if "text" in item:
+                pieces.append(item["text"])
+            else:
+                return {"text": "".join(pieces), **item}
+        raise AssertionError("a completion stream ends with its finish item")
+
     async def generate_stream(
         self,
         text: str,
@@ -347,10 +457,59 @@ class TransformersModel(Servable):
             "text": np.array([text], dtype=object),
             "max_new_tokens": np.array([max_new_tokens], dtype=np.int32),
         }
-        loop = asyncio.get_running_loop()
-        # Tokenizing is blocking work: on the inference thread, never on the event loop.
-        await loop.run_in_executor(self._executor, self.check_request, inputs, parameters)
+        if self._engine is not None and len(text) <= OFF_LOOP_CHECK_CHARACTERS:
+            self.check_request(inputs, parameters)  # a short prompt: no wait for a step
+        else:  # tokenizing is blocking work: on the inference thread, not the event loop
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.check_request, inputs, parameters
+            )
         settings = parse_generation_parameters(parameters)
+        stream = self._stream_continuous if self._engine is not None else self._stream_request_level
+        async for item in stream(text, max_new_tokens, settings, deadline):
+            yield item
+
+    async def _stream_continuous(
+        self, text: str, max_new_tokens: int, settings: GenerationParameters, deadline: float | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """One completion from the running batch, its text sent as its tokens are decoded.
+        A stop sequence, an error or a departed consumer frees its row at the next step."""
+        assert self._engine is not None
+        # Prompts were checked to fit the model's context: tokenizing one is short work.
+        prompt = self._tokenizer(text)["input_ids"]
+        sampling = Sampling(settings.temperature, settings.top_p, settings.seed)
+        sequence = self._engine.submit(prompt, max_new_tokens, sampling, deadline)
+        text_of = Detokenizer(self._tokenizer)
+        scanner = StopScanner(settings.stop)
+        tokens = self._engine.follow(sequence)
+        try:
+            async for new in tokens:
+                if delta := scanner.feed(text_of.add(new)):
+                    yield {"text": delta}
+                if scanner.stopped:
+                    break
+        finally:
+            await tokens.aclose()  # cancels the sequence unless it ended
+        if not scanner.stopped:
+            scanner.feed(text_of.finish())
+            if tail := scanner.finish():
+                yield {"text": tail}
+        length = len(sequence.generated)
+        if scanner.stopped:
+            sent = cut_at_stop(scanner.text, settings.stop)[0]
+            length = len(self._tokenizer(sent, add_special_tokens=False)["input_ids"])
+        stopped = scanner.stopped or sequence.finish_reason == "stop"
+        yield {
+            "finish_reason": "stop" if stopped else "length",
+            "prompt_tokens": len(prompt),
+            "completion_tokens": length,
+        }
+
+    async def _stream_request_level(
+        self, text: str, max_new_tokens: int, settings: GenerationParameters, deadline: float | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """One completion streamed from a ``generate()`` call of its own (request-level
+        batching, ``generation_batching: request``)."""
+        loop = asyncio.get_running_loop()
         from transformers import TextIteratorStreamer
 
         gone = threading.Event()

@@ -62,6 +62,8 @@ MINILM_FILES = (
 GPT2_EOS = "<|endoftext|>"
 GPT2_TARGET_VOCAB = 1000
 GPT2_CONTEXT = 256
+# The generation benchmark's GPT-2-small-shaped model (bench/generate.py); not in the fleet.
+GPT2_SMALL = "gpt2-124m"
 
 # Fixed training text for the tiny tokenizer; edit it and the tokenizer (and its ids) change.
 GPT2_CORPUS = (
@@ -239,17 +241,33 @@ def build_tiny_gpt2(
 ) -> Path:
     """Save a randomly initialised tiny GPT-2 and its tokenizer (with a chat template unless
     ``chat_template`` is false); return ``root/<name>``."""
+    shape = {"n_positions": GPT2_CONTEXT, "n_embd": 64, "n_layer": 2, "n_head": 2}
+    return _build_gpt2(root, version, name, chat_template, shape)
+
+
+def build_gpt2_small(root: Path, version: int = 1, name: str = GPT2_SMALL) -> Path:
+    """Save a randomly initialised GPT-2 of GPT-2 small's shape (124M parameters, context
+    1024) with tiny-gpt2's tokenizer and chat template: the generation benchmark's model."""
+    shape = {"n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12}
+    return _build_gpt2(root, version, name, True, shape, vocab_size=50257)
+
+
+def _build_gpt2(
+    root: Path,
+    version: int,
+    name: str,
+    chat_template: bool,
+    shape: dict[str, int],
+    vocab_size: int = GPT2_TARGET_VOCAB,
+) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tokenizer = _gpt2_tokenizer()
+    tokenizer = _gpt2_tokenizer(vocab_size, shape["n_positions"])
     eos_id = tokenizer.eos_token_id
     config = GPT2Config(
         vocab_size=len(tokenizer),
-        n_positions=GPT2_CONTEXT,
-        n_embd=64,
-        n_layer=2,
-        n_head=2,
+        **shape,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=eos_id,
@@ -268,7 +286,8 @@ def build_tiny_gpt2(
     model.save_pretrained(version_dir)
     tokenizer.save_pretrained(version_dir)
     logger.info(
-        "tiny-gpt2 v%d: %d parameters, vocab %d, context %d",
+        "%s v%d: %d parameters, vocab %d, context %d",
+        name,
         version,
         model.num_parameters(),
         config.vocab_size,
@@ -380,17 +399,29 @@ def _digits_model(keras: Any) -> Any:
     return keras.Model(inputs=inputs, outputs=outputs, name=DIGITS)
 
 
-def _gpt2_tokenizer() -> Any:
-    """Train the byte-level BPE tokenizer on ``GPT2_CORPUS`` and wrap it for transformers."""
+def _gpt2_tokenizer(vocab_size: int = GPT2_TARGET_VOCAB, context: int = GPT2_CONTEXT) -> Any:
+    """Train the byte-level BPE tokenizer on ``GPT2_CORPUS`` (and, for a vocabulary larger
+    than it yields, made-up words drawn from a seeded generator) and wrap it for
+    transformers."""
     import json
+    import random
 
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2TokenizerFast
 
+    corpus = list(GPT2_CORPUS)
+    if vocab_size > GPT2_TARGET_VOCAB:
+        draw = random.Random(SEED)
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        words = [
+            "".join(draw.choice(letters) for _ in range(draw.randint(2, 9)))
+            for _ in range(vocab_size * 8)
+        ]
+        corpus.extend(" ".join(words[i : i + 64]) for i in range(0, len(words), 64))
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
     bpe.train_from_iterator(
-        GPT2_CORPUS,
-        vocab_size=GPT2_TARGET_VOCAB,
+        corpus,
+        vocab_size=vocab_size,
         min_frequency=1,
         special_tokens=[GPT2_EOS],
         show_progress=False,
@@ -406,7 +437,7 @@ def _gpt2_tokenizer() -> Any:
         eos_token=GPT2_EOS,
         pad_token=GPT2_EOS,
         add_prefix_space=False,
-        model_max_length=GPT2_CONTEXT,
+        model_max_length=context,
         # Decoder-only models must be left-padded for batched generation.
         padding_side="left",
     )

@@ -1,0 +1,477 @@
+"""Continuous batching for causal language models: the ``text-generation`` servable's engine.
+
+Requests join the running batch at the next decoding step and leave it when done (end of
+text, their token budget, their deadline, their caller gone), so a short request never waits
+for a long one to finish. Each request samples with its own settings and its own seeded
+``torch.Generator``, never torch's global one. The batch's key/value cache is one
+``DynamicCache`` whose rows are left-padded to a common length: joining requests are
+prefilled together and padded in, a leaving request's row is cut out, and columns no row
+uses any more are trimmed. Memory is bounded by ``max_tokens``: the cache's worst case
+(rows x the longest row at its end) never exceeds it; requests past it wait, and past
+``max_queued`` waiting requests the model answers 503.
+
+transformers' own continuous batching (``generate_batch``, ``init_continuous_batching``) is
+not used: one manager samples all its requests one way (``do_sample`` is per manager) from
+torch's global generator, so per-request seeds and greedy-beside-sampled cannot be served.
+
+Scheduling state lives on the replica's event loop; the tensor work (prefill, one decoding
+step) runs on the inference thread, one call at a time, between which the loop admits and
+drops requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve_app.errors import DeadlineExceeded, Overloaded, ServingError
+
+logger = logging.getLogger("ray.serve")
+
+# Leading columns no live row uses are cut out once they are half the cache and at least this.
+SLACK_COLUMNS = 64
+# Why a sequence ended: its end-of-text token, or its token budget.
+STOP = "stop"
+LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One request's sampling: greedy at temperature 0, else nucleus sampling."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request's generation: its prompt, what it generated, and how it ended."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: Sampling
+    deadline: float | None  # time.time(); past it the sequence ends with a 504
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    error: ServingError | None = None
+    cancelled: bool = False
+    # New tokens, one list per step; None once the sequence ended.
+    tokens: asyncio.Queue = field(default_factory=asyncio.Queue)
+    generator: Any = None  # its torch.Generator, made on the inference thread
+    sent: int = 0  # tokens put on ``tokens`` so far
+    ended: bool = False  # its follower was told it ended
+
+    def end(self) -> None:
+        """Tell the follower the sequence ended (once)."""
+        if not self.ended:
+            self.ended = True
+            self.tokens.put_nowait(None)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.error is not None or self.cancelled
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.generated)
+
+    @property
+    def remaining(self) -> int:
+        return self.max_new_tokens - len(self.generated)
+
+
+class DecodingEngine:
+    """Schedules sequences over one causal LM: admission, one step at a time, delivery."""
+
+    def __init__(
+        self,
+        model: Any,
+        device: Any,
+        executor: Executor,
+        *,
+        eos_ids: Iterable[int],
+        pad_id: int,
+        max_rows: int,
+        max_tokens: int,
+        max_queued: int | None,
+    ) -> None:
+        self.max_rows = max_rows
+        self.max_tokens = max_tokens
+        self.max_queued = max_queued
+        self._executor = executor
+        self._batch = RunningBatch(model, device, set(eos_ids), pad_id)
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._worker: asyncio.Task | None = None
+        self.steps = 0  # decoding steps run (a statistic)
+
+    def submit(
+        self, prompt: list[int], max_new_tokens: int, sampling: Sampling, deadline: float | None
+    ) -> Sequence:
+        """Queue a sequence; it joins the running batch at the next step with room for it.
+        Call on the event loop. Raises 503 when ``max_queued`` sequences wait already."""
+        if self.max_queued is not None and len(self._waiting) >= self.max_queued:
+            raise Overloaded(
+                f"{len(self._waiting)} generations are waiting for room in the running batch"
+                f" (max_queued_requests {self.max_queued})"
+            )
+        sequence = Sequence(list(prompt), max_new_tokens, sampling, deadline)
+        self._waiting.append(sequence)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        return sequence
+
+    async def follow(self, sequence: Sequence) -> AsyncIterator[list[int]]:
+        """The sequence's new tokens as they are decoded; raises its error (504, 500) at the
+        end. Stopping early (``aclose``) cancels it: its row is freed at the next step."""
+        try:
+            while (tokens := await sequence.tokens.get()) is not None:
+                yield tokens
+        finally:
+            self.cancel(sequence)
+        if sequence.error is not None:
+            raise sequence.error
+
+    def cancel(self, sequence: Sequence) -> None:
+        """Nobody waits for the sequence any more: it leaves the batch at the next step."""
+        if not sequence.done:
+            sequence.cancelled = True
+
+    @property
+    def rows(self) -> int:
+        """Sequences in the running batch now (a cancelled one leaves at the next step)."""
+        return sum(not s.done for s in self._batch.live)
+
+    def run_alone(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+        """Generate one greedy sequence on the calling thread (a load check, before the
+        model takes traffic): prefill, decode, leave the batch empty."""
+        sequence = Sequence(prompt, max_new_tokens, Sampling(), None)
+        self._batch.join([], [sequence])
+        while not sequence.done:
+            self._batch.decode([])
+        self._batch.reset()
+        return sequence.generated
+
+    # --- the scheduling loop -----------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._schedule()
+        except (Exception, asyncio.CancelledError) as exc:  # no follower waits for a dead loop
+            self._fail([*self._waiting, *self._batch.live], exc, "scheduling")
+            for sequence in [*self._waiting, *self._batch.live]:
+                sequence.end()
+            self._waiting.clear()
+            self._batch.reset()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting or self._batch.live:
+            leaving = self._expire(time.time())
+            joining = self._admit()
+            if joining:
+                try:
+                    await loop.run_in_executor(self._executor, self._batch.join, leaving, joining)
+                except Exception as exc:  # the joining sequences fail; the batch goes on
+                    self._fail(joining, exc, "prefill")
+                leaving = []
+                self._deliver(joining)
+            if not self._batch.live:
+                continue
+            stepping = self._batch.live
+            try:
+                await loop.run_in_executor(self._executor, self._batch.decode, leaving)
+            except Exception as exc:  # a failed step leaves no consistent cache: all end
+                self._fail(stepping, exc, "decoding")
+                self._batch.reset()
+            self.steps += 1
+            self._deliver(stepping)
+
+    def _expire(self, now: float) -> list[Sequence]:
+        """End sequences past their deadline; those in the batch (and cancelled ones) leave."""
+        for sequence in [*self._waiting, *self._batch.live]:
+            if not sequence.done and sequence.deadline is not None and now >= sequence.deadline:
+                sequence.error = DeadlineExceeded("the request's deadline passed during generation")
+                sequence.end()
+        return [s for s in self._batch.live if s.done]
+
+    def _admit(self) -> list[Sequence]:
+        """The waiting sequences that fit now, oldest first (none overtakes a waiting one)."""
+        running = [s for s in self._batch.live if not s.done]
+        joining: list[Sequence] = []
+        while self._waiting:
+            head = self._waiting[0]
+            if head.done:  # cancelled or expired while waiting
+                self._waiting.popleft()
+                continue
+            if (running or joining) and not self._fits([*running, *joining, head]):
+                break
+            joining.append(self._waiting.popleft())
+        return joining
+
+    def _fits(self, sequences: list[Sequence]) -> bool:
+        """Whether these sequences fit the row limit and, at their worst (every row as long
+        as the longest prompt so far plus the largest budget left), the token bound."""
+        if len(sequences) > self.max_rows:
+            return False
+        longest = max(s.length for s in sequences)
+        budget = max(s.remaining for s in sequences)
+        return len(sequences) * (longest + budget) <= self.max_tokens
+
+    def _deliver(self, sequences: list[Sequence]) -> None:
+        """Hand each sequence's new tokens to its follower; end those that finished."""
+        for sequence in sequences:
+            if sequence.cancelled:
+                continue
+            new = sequence.generated[sequence.sent :]
+            if new:
+                sequence.sent += len(new)
+                sequence.tokens.put_nowait(new)
+            if sequence.finish_reason is not None or sequence.error is not None:
+                sequence.end()
+
+    @staticmethod
+    def _fail(sequences: list[Sequence], exc: BaseException, step: str) -> None:
+        logger.warning("generation failed in %s: %s: %s", step, type(exc).__name__, exc)
+        for sequence in sequences:
+            if not sequence.done:
+                sequence.error = ServingError(
+                    f"generation failed in {step}: {type(exc).__name__}: {exc}"
+                )
+
+
+class RunningBatch:
+    """The rows being decoded and their key/value cache (inference thread only).
+
+    Rows are slots: a finished sequence leaves its slot at once but its row stays in the cache
+    (computed, its tokens ignored) until a joining sequence takes it over, so that neither
+    leaving nor joining copies the whole cache. The cache is compacted (free slots and
+    columns no sequence uses any more cut out) only once they make up half of it.
+    """
+
+    def __init__(self, model: Any, device: Any, eos_ids: set[int], pad_id: int) -> None:
+        import torch
+
+        self._torch = torch
+        self._model = model
+        self._device = device
+        self._eos_ids = eos_ids
+        self._pad_id = pad_id
+        self.rows: list[Sequence | None] = []
+        self.reset()
+
+    @property
+    def live(self) -> list[Sequence]:
+        """The sequences in the batch (their slots, in order)."""
+        return [s for s in self.rows if s is not None]
+
+    def reset(self) -> None:
+        """An empty batch."""
+        self.rows = []
+        self._cache: Any = None
+        self._mask: Any = None  # [slots, columns]: 1 where a row has a token in the cache
+        self._next: Any = None  # [slots]: each row's last sampled token, fed at the next step
+        self._positions: Any = None  # [slots]: that token's position in its sequence
+
+    def join(self, leaving: list[Sequence], joining: list[Sequence]) -> None:
+        """Free ``leaving`` (and finished rows), prefill ``joining`` together, sample their
+        first tokens and place the unfinished ones in free slots."""
+        with self._torch.inference_mode():  # the cache's tensors are inference tensors
+            self._join(leaving, joining)
+
+    def decode(self, leaving: list[Sequence]) -> None:
+        """Free ``leaving`` (and finished rows), one decoding step for every row, then free
+        the rows it finished."""
+        with self._torch.inference_mode():
+            self._decode(leaving)
+
+    def _join(self, leaving: list[Sequence], joining: list[Sequence]) -> None:
+        torch = self._torch
+        self._free(leaving)
+        from transformers import DynamicCache
+
+        width = max(len(s.prompt) for s in joining)
+        ids = torch.full((len(joining), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(joining), width), dtype=torch.long)
+        for row, sequence in enumerate(joining):
+            ids[row, width - len(sequence.prompt) :] = torch.tensor(sequence.prompt)
+            mask[row, width - len(sequence.prompt) :] = 1
+            seed = sequence.sampling.seed
+            generator = torch.Generator(device=self._device)
+            sequence.generator = generator.manual_seed(
+                secrets.randbits(63) if seed is None else seed
+            )
+        ids, mask = ids.to(self._device), mask.to(self._device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1, :]
+        first = self._sample(logits, joining)
+        _check_layers(cache)
+        tokens = first.tolist()
+        keep = [row for row, s in enumerate(joining) if not self._record(s, tokens[row])]
+        if keep:
+            self._place(cache.layers, mask, first, [(row, joining[row]) for row in keep])
+
+    def _decode(self, leaving: list[Sequence]) -> None:
+        torch = self._torch
+        self._free(leaving)
+        if not self.rows:
+            return
+        mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=1)
+        logits = self._model(
+            input_ids=self._next[:, None],
+            attention_mask=mask,
+            position_ids=self._positions[:, None],
+            cache=self._cache,
+            use_cache=True,
+        ).logits[:, -1, :]
+        self._next = self._sample(logits, self.rows)
+        self._mask = mask
+        self._positions = self._positions + 1
+        for sequence, token in zip(self.rows, self._next.tolist()):
+            if sequence is not None:
+                self._record(sequence, token)
+        self._free([])  # finished rows leave their slots now
+
+    def _record(self, sequence: Sequence, token: int) -> bool:
+        """Add a sampled token to its sequence; whether the sequence finished."""
+        if token in self._eos_ids:
+            sequence.finish_reason = STOP
+            return True
+        sequence.generated.append(token)
+        if sequence.remaining <= 0:
+            sequence.finish_reason = LENGTH
+            return True
+        return False
+
+    def _sample(self, logits: Any, sequences: list[Sequence | None]) -> Any:
+        """Each row's next token: greedy (free slots too), or drawn with its own generator."""
+        torch = self._torch
+        chosen = logits.argmax(dim=-1)
+        sampled = [
+            row for row, s in enumerate(sequences) if s is not None and s.sampling.temperature > 0
+        ]
+        if not sampled:
+            return chosen
+        index = torch.tensor(sampled, device=logits.device)
+        settings = [sequences[row].sampling for row in sampled]  # type: ignore[union-attr]
+        temperature = torch.tensor([s.temperature for s in settings], device=logits.device)
+        probs = torch.softmax(logits[index].float() / temperature[:, None], dim=-1)
+        if any(s.top_p < 1 for s in settings):
+            top_p = torch.tensor([s.top_p for s in settings], device=logits.device)
+            ordered, order = probs.sort(dim=-1, descending=True)
+            # Keep the most likely tokens until their mass reaches top_p (at least one).
+            ordered[(ordered.cumsum(dim=-1) - ordered) >= top_p[:, None]] = 0
+            probs = torch.zeros_like(probs).scatter(-1, order, ordered)
+        for place, row in enumerate(sampled):
+            generator = sequences[row].generator  # type: ignore[union-attr]
+            chosen[row] = torch.multinomial(probs[place], 1, generator=generator)[0]
+        return chosen
+
+    def _place(
+        self, layers: list, mask: Any, first: Any, joined: list[tuple[int, Sequence]]
+    ) -> None:
+        """Put prefilled rows (``joined``: row of ``layers`` and its sequence) into free
+        slots, every row ending at the batch's last column: a prompt longer than the batch
+        widens it (padding on the left), and slots are added only when none is free."""
+        torch = self._torch
+        from deployments.kv_cache import SlabLayer
+
+        rows = torch.tensor([row for row, _ in joined], device=self._device)
+        lengths = torch.tensor([len(s.prompt) for _, s in joined], device=self._device)
+        if not self.rows:
+            from transformers import DynamicCache
+
+            self._cache = DynamicCache()
+            self._cache.layers = [SlabLayer(lay.keys[rows], lay.values[rows]) for lay in layers]
+            self._mask, self._next, self._positions = mask[rows], first[rows], lengths
+            self.rows = [s for _, s in joined]
+            return
+        width = self._mask.shape[1]
+        if mask.shape[1] > width:
+            width = mask.shape[1]
+            for layer in self._cache.layers:
+                layer.widen(width)
+            self._mask = _pad_left(self._mask, width, 1)
+        free = [slot for slot, s in enumerate(self.rows) if s is None]
+        if len(free) < len(joined):
+            added = len(joined) - len(free)
+            free += range(len(self.rows), len(self.rows) + added)
+            for layer in self._cache.layers:
+                layer.add_rows(added)
+            # A new slot attends to its last column only (zeros) until it is taken.
+            blank = self._mask.new_zeros((added, width))
+            blank[:, -1] = 1
+            self._mask = torch.cat([self._mask, blank])
+            self._next = torch.cat([self._next, self._next.new_full((added,), self._pad_id)])
+            self._positions = torch.cat([self._positions, self._positions.new_zeros(added)])
+            self.rows += [None] * added
+        slots = torch.tensor(free[: len(joined)], device=self._device)
+        for mine, theirs in zip(self._cache.layers, layers):
+            mine.place(slots, theirs.keys[rows], theirs.values[rows])
+        self._mask[slots] = _pad_left(mask[rows], width, 1)
+        self._next[slots] = first[rows]
+        self._positions[slots] = lengths
+        for slot, (_, sequence) in zip(free, joined):
+            self.rows[slot] = sequence
+
+    def _free(self, leaving: list[Sequence]) -> None:
+        """Free the slots of finished and leaving sequences; compact the cache once free
+        slots, or columns no sequence uses, make up half of it."""
+        gone = set(map(id, leaving))
+        self.rows = [None if s is None or s.done or id(s) in gone else s for s in self.rows]
+        live = [slot for slot, s in enumerate(self.rows) if s is not None]
+        if not live:
+            self.reset()
+            return
+        index = self._torch.tensor(live, device=self._device)
+        # Rows are left-padded: columns before the first one a live row uses are padding.
+        start = int(self._mask[index].any(dim=0).int().argmax())
+        width = self._mask.shape[1]
+        if 2 * len(live) > len(self.rows) and 2 * start < max(width, 2 * SLACK_COLUMNS):
+            return
+        self._mask = self._mask[index, start:]
+        self._next, self._positions = self._next[index], self._positions[index]
+        self.rows = [self.rows[slot] for slot in live]
+        for layer in self._cache.layers:
+            layer.assign(layer.keys[index, :, start:], layer.values[index, :, start:])
+
+
+def _pad_left(tensor: Any, width: int, dim: int) -> Any:
+    """``tensor`` with zeros before its entries along ``dim`` up to ``width``."""
+    import torch
+
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _check_layers(cache: Any) -> None:
+    """Only plain growing layers can be padded and cut this way (not sliding windows)."""
+    from transformers.cache_utils import DynamicLayer
+
+    for layer in cache.layers:
+        if type(layer) is not DynamicLayer:
+            raise TypeError(
+                f"continuous batching needs plain key/value cache layers, not"
+                f" {type(layer).__name__}: set transformers.generation_batching: request"
+            )
