@@ -4,11 +4,13 @@ Requests join the running batch at the next decoding step and leave it when done
 text, their token budget, their deadline, their caller gone), so a short request never waits
 for a long one to finish. Each request samples with its own settings and its own seeded
 ``torch.Generator``, never torch's global one. The batch's key/value cache is one
-``DynamicCache`` whose rows are left-padded to a common length: joining requests are
-prefilled together and padded in, a leaving request's row is cut out, and columns no row
-uses any more are trimmed. Memory is bounded by ``max_tokens``: the cache's worst case
-(rows x the longest row at its end) never exceeds it; requests past it wait, and past
-``max_queued`` waiting requests the model answers 503.
+``DynamicCache`` of growable layers (``deployments/kv_cache.py``) whose rows are left-padded
+to a common length and used as slots: joining requests are prefilled together and written
+into free slots, a finished request frees its slot at once, and the cache is compacted only
+when free slots or unused leading columns make up half of it. Memory is bounded by
+``max_tokens``: the live sequences' worst case (rows x the longest row at its end) never
+exceeds it, and there are never more slots than ``max_rows``; requests past either wait,
+and past ``max_queued`` waiting requests the model answers 503.
 
 transformers' own continuous batching (``generate_batch``, ``init_continuous_batching``) is
 not used: one manager samples all its requests one way (``do_sample`` is per manager) from
