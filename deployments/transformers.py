@@ -28,6 +28,7 @@ from deployments.generation import (
     cut_at_stop,
     parse_generation_parameters,
 )
+from deployments.host import OFF_LOOP_CHECK_BYTES, input_bytes
 from deployments.servable import DEFAULT_SIGNATURE, Servable, StopCheck
 from deployments.signature import Signature, TensorSpec
 from deployments.text import (
@@ -45,8 +46,6 @@ from serve_app.request import EMBED, GENERATE, PREDICT, STREAM, PredictRequest
 
 DEFAULT_MAX_NEW_TOKENS = 32
 MAX_NEW_TOKENS_LIMIT = 1024
-# Prompts longer than this are checked (tokenized) on the inference thread, not the event loop.
-OFF_LOOP_CHECK_CHARACTERS = 64 * 1024
 # A stream whose model produces no token for this long ends with an error event.
 STREAM_GAP_S = 60.0
 # What each task adds to predict (TF Serving and V2 requests on the task's signature).
@@ -373,7 +372,7 @@ class TransformersModel(Servable):
             text = self._tokenizer.decode(ids[:length], skip_special_tokens=True)
             text, stopped = cut_at_stop(text, settings.stop)
             if stopped:
-                length = len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+                length = self._tokens_in(text)
             results.append(
                 {
                     "_completion": text,
@@ -383,6 +382,10 @@ class TransformersModel(Servable):
                 }
             )
         return results
+
+    def _tokens_in(self, text: str) -> int:
+        """Tokens of generated text (a completion cut at its stop sequence)."""
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def submit(self, item: BatchItem) -> asyncio.Future | None:
         """Generation rows go to the continuous-batching engine, each a sequence of its own,
@@ -457,7 +460,7 @@ class TransformersModel(Servable):
             "text": np.array([text], dtype=object),
             "max_new_tokens": np.array([max_new_tokens], dtype=np.int32),
         }
-        if self._engine is not None and len(text) <= OFF_LOOP_CHECK_CHARACTERS:
+        if self._engine is not None and input_bytes(inputs) <= OFF_LOOP_CHECK_BYTES:
             self.check_request(inputs, parameters)  # a short prompt: no wait for a step
         else:  # tokenizing is blocking work: on the inference thread, not the event loop
             await asyncio.get_running_loop().run_in_executor(
@@ -496,7 +499,7 @@ class TransformersModel(Servable):
         length = len(sequence.generated)
         if scanner.stopped:
             sent = cut_at_stop(scanner.text, settings.stop)[0]
-            length = len(self._tokenizer(sent, add_special_tokens=False)["input_ids"])
+            length = self._tokens_in(sent)
         stopped = scanner.stopped or sequence.finish_reason == "stop"
         yield {
             "finish_reason": "stop" if stopped else "length",
@@ -559,7 +562,7 @@ class TransformersModel(Servable):
             yield {"text": tail}
         if scanner.stopped:
             sent = cut_at_stop(scanner.text, settings.stop)[0]
-            length = len(self._tokenizer(sent, add_special_tokens=False)["input_ids"])
+            length = self._tokens_in(sent)
         yield {
             "finish_reason": "stop" if scanner.stopped or length < max_new_tokens else "length",
             "prompt_tokens": int(encoded["attention_mask"].sum()),
