@@ -318,14 +318,13 @@ class TransformersModel(Servable):
             for row, result in zip(rows, results):
                 for name, value in result.items():
                     columns[name][row] = value
-        completions = np.array(columns["_completion"], dtype=object)
-        return {
-            "generated_text": np.array([t + c for t, c in zip(texts, completions)], dtype=object),
-            "_completion": completions,
-            "_finish_reason": np.array(columns["_finish_reason"], dtype=object),
-            "_prompt_tokens": np.array(columns["_prompt_tokens"], dtype=np.int32),
-            "_completion_tokens": np.array(columns["_completion_tokens"], dtype=np.int32),
-        }
+        return generation_outputs(
+            texts,
+            columns["_completion"],
+            columns["_finish_reason"],
+            columns["_prompt_tokens"],
+            columns["_completion_tokens"],
+        )
 
     def _generate_kwargs(
         self, budget: int, settings: GenerationParameters, stop: StopCheck | None
@@ -415,16 +414,13 @@ class TransformersModel(Servable):
                 return error
             return ServingError(f"model '{self.name}' failed: {type(error).__name__}: {error}")
         rows = [task.result() for task in tasks]
-        completions = np.array([row["text"] for row in rows], dtype=object)
-        return {
-            "generated_text": np.array([t + c for t, c in zip(texts, completions)], dtype=object),
-            "_completion": completions,
-            "_finish_reason": np.array([row["finish_reason"] for row in rows], dtype=object),
-            "_prompt_tokens": np.array([row["prompt_tokens"] for row in rows], dtype=np.int32),
-            "_completion_tokens": np.array(
-                [row["completion_tokens"] for row in rows], dtype=np.int32
-            ),
-        }
+        return generation_outputs(
+            texts,
+            [row["text"] for row in rows],
+            [row["finish_reason"] for row in rows],
+            [row["prompt_tokens"] for row in rows],
+            [row["completion_tokens"] for row in rows],
+        )
 
     async def _complete(
         self, text: str, max_new_tokens: int, settings: GenerationParameters, deadline: float | None
@@ -568,6 +564,23 @@ class TransformersModel(Servable):
             "prompt_tokens": int(encoded["attention_mask"].sum()),
             "completion_tokens": length,
         }
+
+
+def generation_outputs(
+    texts: list[str],
+    completions: list[str],
+    finish_reasons: list[str],
+    prompt_tokens: list[int],
+    completion_tokens: list[int],
+) -> dict[str, np.ndarray]:
+    """The text-generation signature's outputs for a batch of rows."""
+    return {
+        "generated_text": np.array([t + c for t, c in zip(texts, completions)], dtype=object),
+        "_completion": np.array(completions, dtype=object),
+        "_finish_reason": np.array(finish_reasons, dtype=object),
+        "_prompt_tokens": np.array(prompt_tokens, dtype=np.int32),
+        "_completion_tokens": np.array(completion_tokens, dtype=np.int32),
+    }
 
 
 def _retrieve(future: asyncio.Future) -> None:
