@@ -11,6 +11,8 @@ generates its whole budget). Systems:
 
 - ``continuous``: this service (``serve run`` with ``make run``'s fast path), continuous
   batching (``transformers.generation_batching: continuous``, the default); streamed.
+- ``continuous-between``: the same with ``transformers.prefill: between_steps`` (prefills
+  and decoding steps take turns; the default, ``auto``, prefills beside long steps).
 - ``continuous-plain``: the same, not streamed (answers whole, as ``request`` is measured).
 - ``request``: the same service and commit with ``generation_batching: request`` (whole
   requests batched into one ``generate()`` call, the code path before continuous batching);
@@ -23,9 +25,11 @@ generates its whole budget). Systems:
 Then the "short among long" check on ``gpt2-124m``: the latency of a request for 8 new tokens
 alone, and sent while 16 requests for 200 new tokens are generating.
 
-Streamed requests time each text chunk as it arrives (one token each); a request not
-streamed has its first token when its whole answer arrives. Tokens per second counts the
-tokens that arrived within the measured window. The machine is recorded with the results.
+Each level's clients run ``--warmup`` seconds before its window (their first requests all
+go at once; the window sees the steady state). Streamed requests time each text chunk as it
+arrives (one token each); a request not streamed has its first token when its whole answer
+arrives. Tokens per second counts the tokens that arrived within the measured window. The
+machine is recorded with the results.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ MODELS = (TINY_GPT2, GPT2_SMALL)
 LEVELS = (1, 8, 32)
 SYSTEMS = (
     "continuous",
+    "continuous-between",
     "continuous-plain",
     "request",
     "transformers-serve",
@@ -81,6 +86,9 @@ RAY_TMPDIR = "/tmp/ray-bench-generate"
 # drained c=32 runs measured one and two for this service and `transformers serve`, and both
 # did better with two on this 2-core machine (bench/NOTES.md, "Continuous batching").
 THREADS = 1
+# Seconds the clients run before each measured window: at its start every client sends at
+# once, a burst the steady state never sees again (runs before 2026-12-07T02:40 had none).
+WARMUP_S = 10.0
 
 
 @dataclass
@@ -142,10 +150,14 @@ async def complete(
     stream: bool,
     until: float,
     level: Level,
+    counted_from: float = 0.0,
 ) -> None:
-    """One completion; its tokens that arrive before ``until`` count."""
+    """One completion. Its tokens that arrive between ``counted_from`` and ``until`` count;
+    its time to first token and latency count if it was sent from ``counted_from`` on and
+    they end before ``until``."""
     body = {"model": model, "prompt": prompt, "max_tokens": budget, "temperature": 0}
     started = time.perf_counter()
+    measured = time.time() >= counted_from  # sent in the window, not in the warm-up
     try:
         if not stream:
             async with http.post(url, json=body) as answer:
@@ -153,7 +165,7 @@ async def complete(
                     raise RuntimeError(f"{answer.status}: {(await answer.text())[:200]}")
                 usage = (await answer.json())["usage"]
             now = time.perf_counter()
-            if time.time() <= until:
+            if measured and time.time() <= until:
                 level.tokens += usage["completion_tokens"]
                 level.ttft_s.append(now - started)
                 level.latency_s.append(now - started)
@@ -171,28 +183,38 @@ async def complete(
                 chunk = json.loads(line[6:])
                 if chunk.get("choices") and chunk["choices"][0].get("text"):
                     arrivals.append(time.perf_counter())
-                    if time.time() <= until:
+                    if counted_from <= time.time() <= until:
                         level.tokens += 1
-        if arrivals:
-            level.ttft_s.append(arrivals[0] - started)
+                        if measured and len(arrivals) == 1:
+                            level.ttft_s.append(arrivals[0] - started)
+        if measured:
             level.itl_s.extend(b - a for a, b in itertools.pairwise(arrivals))
-        if time.time() <= until:
+        if measured and time.time() <= until:
             level.latency_s.append(time.perf_counter() - started)
             level.requests += 1
     except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError, KeyError) as exc:
-        if time.time() <= until:
+        if measured and time.time() <= until:
             level.errors += 1
             level.error_samples.append(f"{type(exc).__name__}: {exc}"[:200])
 
 
 async def closed_loop(
-    url: str, model: str, concurrency: int, duration: float, stream: bool, drain: bool = False
+    url: str,
+    model: str,
+    concurrency: int,
+    duration: float,
+    stream: bool,
+    drain: bool = False,
+    warmup: float = 0.0,
 ) -> Level:
     """``concurrency`` clients, each sending its next request when its last one is answered.
 
-    Window (default): what arrives within ``duration`` counts; requests still running at its
-    end are abandoned (a request answered whole after the end counts nothing, so long
-    answers that are not streamed are undercounted). ``drain``: clients stop sending at the
+    Window (default): the clients run ``warmup`` seconds first, so that the window sees them
+    in their steady state rather than all sending their first request at once; then what
+    arrives within ``duration`` counts, and the time to first token and latency of the
+    requests sent within it (a request still running at the end counts its first token, and
+    is abandoned; a request answered whole after the end counts nothing, so long answers that
+    are not streamed are undercounted). ``drain`` (no warm-up): clients stop sending at the
     end, every request sent is awaited and counts, over the time until the last answer.
     """
     level = Level(concurrency)
@@ -201,7 +223,9 @@ async def closed_loop(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         # One request first: load paths warm, nothing measured.
         await complete(http, url, model, PROMPTS[0], 4, stream, 0, Level(1))
-        start = time.time()
+        if drain:
+            warmup = 0.0
+        start = time.time() + warmup
         until = start + duration
         counted_until = float("inf") if drain else until
 
@@ -209,7 +233,9 @@ async def closed_loop(
             sent = 0
             while time.time() < until:
                 prompt, budget = request_mix(index, sent)
-                await complete(http, url, model, prompt, budget, stream, counted_until, level)
+                await complete(
+                    http, url, model, prompt, budget, stream, counted_until, level, start
+                )
                 sent += 1
 
         tasks = [asyncio.ensure_future(client(i)) for i in range(concurrency)]
@@ -217,7 +243,7 @@ async def closed_loop(
             await asyncio.gather(*tasks)
             level.duration_s = time.time() - start
             return level
-        await asyncio.wait(tasks, timeout=duration)
+        await asyncio.wait(tasks, timeout=warmup + duration)
         for task in tasks:  # requests still running at the end are abandoned
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -273,9 +299,14 @@ def build_models(root: Path) -> dict[str, Path]:
     return paths
 
 
-def serve_config(models: dict[str, Path], batching: str, threads: int = THREADS) -> dict[str, Any]:
+def serve_config(
+    models: dict[str, Path],
+    batching: str,
+    threads: int = THREADS,
+    prefill: str = "own_thread",
+) -> dict[str, Any]:
     """``serve_config.yaml``'s ingress and tiny-gpt2 application, one per benchmark model,
-    with room for 32 concurrent generations and the batching mode asked for."""
+    with room for 32 concurrent generations and the batching and prefill modes asked for."""
     config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     apps = config["applications"]
     template = next(a for a in apps if a["name"] == TINY_GPT2)
@@ -288,7 +319,7 @@ def serve_config(models: dict[str, Path], batching: str, threads: int = THREADS)
             name=name,
             uri=str(path),
             batching={"max_batch_size": 32, "batch_wait_timeout_s": 0.01},
-            transformers={"generation_batching": batching},
+            transformers={"generation_batching": batching, "prefill": prefill},
         )
         config["applications"].append(app)
     return config
@@ -310,14 +341,18 @@ def _wait_http(url: str, timeout_s: float, server: ServerProcess, ready: Any = N
 
 
 def run_service(
-    models: dict[str, Path], batching: str, stream: bool, args: argparse.Namespace
+    models: dict[str, Path],
+    batching: str,
+    stream: bool,
+    args: argparse.Namespace,
+    prefill: str = "own_thread",
 ) -> dict:
-    """This service in one batching mode: every model, every level, the short-among-long
-    check."""
-    workdir = Path(args.workdir) / batching
+    """This service in one batching (and prefill) mode: every model, every level, the
+    short-among-long check."""
+    workdir = Path(args.workdir) / f"{batching}-{prefill}"
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "serve_config.yaml"
-    config = serve_config(models, batching, args.threads)
+    config = serve_config(models, batching, args.threads, prefill)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     for port in (HTTP_PORT, 9000, 8500, 9500, 8404):
         if port_in_use(port):
@@ -397,11 +432,12 @@ def measure(
         levels = []
         for concurrency in args.levels:
             level = asyncio.run(
-                closed_loop(url, model, concurrency, args.duration, stream, args.drain)
+                closed_loop(url, model, concurrency, args.duration, stream, args.drain, args.warmup)
             )
             print(f"  {name} c={concurrency}: {level.to_json()}", flush=True)
             levels.append(level.to_json())
-        results[name] = {"streamed": stream, "levels": levels}
+        warmup = 0.0 if args.drain else args.warmup
+        results[name] = {"streamed": stream, "warmup_s": warmup, "levels": levels}
         if name == GPT2_SMALL and args.short_among_long and not args.drain:
             check = asyncio.run(short_among_long(url, model, stream))
             print(f"  {name} short among long: {check}", flush=True)
@@ -513,9 +549,9 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
 def _level_table(systems: dict[str, Any], model: str) -> list[str]:
     """One row per system and concurrency."""
     lines = [
-        "| system | streamed | c | tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms"
-        " | ITL p99 ms | latency p50 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | streamed | warm-up s | c | tokens/s | TTFT p50 ms | TTFT p99 ms"
+        " | ITL p50 ms | ITL p99 ms | latency p50 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     keys = (
         "concurrency",
@@ -531,11 +567,12 @@ def _level_table(systems: dict[str, Any], model: str) -> list[str]:
         entry = results.get(model) if isinstance(results, dict) else None
         if not entry or "levels" not in entry:
             reason = (entry or {}).get("error") or results.get("error", "not run")
-            lines.append(f"| {system} | | | {reason} | | | | | | |")
+            lines.append(f"| {system} | | | | {reason} | | | | | | |")
             continue
         for lv in entry["levels"]:
             row = " | ".join("-" if lv[k] is None else str(lv[k]) for k in keys)
-            lines.append(f"| {system} | {'yes' if entry['streamed'] else 'no'} | {row} |")
+            streamed = "yes" if entry["streamed"] else "no"
+            lines.append(f"| {system} | {streamed} | {entry.get('warmup_s', 0)} | {row} |")
     return lines
 
 
@@ -586,6 +623,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench/results/generate.json")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per level")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=WARMUP_S,
+        help="seconds the clients run before each window (not with --drain)",
+    )
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--systems", default=",".join(SYSTEMS))
@@ -626,6 +669,7 @@ def main() -> None:
             "prompts": list(PROMPTS),
             "max_tokens_cycle": list(BUDGETS),
             "duration_s_per_level": args.duration,
+            "warmup_s_per_level": 0.0 if args.drain else args.warmup,
             "levels": args.levels,
             "counting": "drained" if args.drain else "window",
             "greedy": True,
@@ -636,6 +680,9 @@ def main() -> None:
         report.update(run)
     runners = {
         "continuous": lambda: run_service(models, "continuous", True, args),
+        "continuous-between": lambda: run_service(
+            models, "continuous", True, args, prefill="between_steps"
+        ),
         "continuous-plain": lambda: run_service(models, "continuous", False, args),
         "request": lambda: run_service(models, "request", False, args),
         "transformers-serve": lambda: run_transformers_serve(models, False, args),

@@ -39,6 +39,8 @@ logger = logging.getLogger("ray.serve")
 
 # Leading columns no live row uses are cut out once they are half the cache and at least this.
 SLACK_COLUMNS = 64
+# The weight of the latest decoding step in the moving average of a step's duration.
+STEP_TIME_WEIGHT = 0.2
 # Why a sequence ended: its end-of-text token, or its token budget.
 STOP = "stop"
 LENGTH = "length"
@@ -91,7 +93,17 @@ class Sequence:
 
 
 class DecodingEngine:
-    """Schedules sequences over one causal LM: admission, one step at a time, delivery."""
+    """Schedules sequences over one causal LM: admission, prefill, one step at a time,
+    delivery.
+
+    Prefill runs on ``prefill_executor``. When that is another thread than the decoding
+    one and the batch's steps take at least ``overlap_from_step_s``, a request's prompt is
+    prefilled (and its first token sent) while the running batch decodes, rather than after
+    the step in progress: its time to first token does not grow with the batch. The
+    prefilled rows join the batch at the next step. Below that step time, waiting for the
+    step costs less than two threads competing for the cores (and for the GIL), so prefills
+    and steps take turns.
+    """
 
     def __init__(
         self,
@@ -104,21 +116,35 @@ class DecodingEngine:
         max_rows: int,
         max_tokens: int,
         max_queued: int | None,
+        prefill_executor: Executor | None = None,
+        overlap_from_step_s: float = 0.0,
     ) -> None:
         self.max_rows = max_rows
         self.max_tokens = max_tokens
         self.max_queued = max_queued
         self._executor = executor
+        self._prefill_executor = prefill_executor or executor
+        self._overlap_from_step_s = overlap_from_step_s
+        self._step_s = 0.0  # a decoding step's recent duration (moving average)
+        self._stepping = False  # a decoding step is running
         self._batch = RunningBatch(model, device, set(eos_ids), pad_id)
         self._waiting: collections.deque[Sequence] = collections.deque()
+        # Admitted, not yet in the batch: being prefilled, or prefilled and waiting for a step.
+        self._joining: list[Sequence] = []
+        self._prefilling: asyncio.Future | None = None
+        self._prefilled: list[Prefilled] = []
+        # The sequences in the batch as the event loop last saw them (between steps).
+        self._in_batch: list[Sequence] = []
+        self._wake = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self.steps = 0  # decoding steps run (a statistic)
 
     def submit(
         self, prompt: list[int], max_new_tokens: int, sampling: Sampling, deadline: float | None
     ) -> Sequence:
-        """Queue a sequence; it joins the running batch at the next step with room for it.
-        Call on the event loop. Raises 503 when ``max_queued`` sequences wait already."""
+        """Queue a sequence; it is prefilled as soon as there is room for it and joins the
+        running batch at the next step. Call on the event loop. Raises 503 when
+        ``max_queued`` sequences wait already."""
         if self.max_queued is not None and len(self._waiting) >= self.max_queued:
             raise Overloaded(
                 f"{len(self._waiting)} generations are waiting for room in the running batch"
@@ -128,6 +154,7 @@ class DecodingEngine:
         self._waiting.append(sequence)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._run())
+        self._prefill_next()
         return sequence
 
     async def follow(self, sequence: Sequence) -> AsyncIterator[list[int]]:
@@ -149,66 +176,113 @@ class DecodingEngine:
     @property
     def rows(self) -> int:
         """Sequences in the running batch now (a cancelled one leaves at the next step)."""
-        return sum(not s.done for s in self._batch.live)
+        return sum(not s.done for s in self._in_batch)
 
     def run_alone(self, prompt: list[int], max_new_tokens: int) -> list[int]:
         """Generate one greedy sequence on the calling thread (a load check, before the
         model takes traffic): prefill, decode, leave the batch empty."""
         sequence = Sequence(prompt, max_new_tokens, Sampling(), None)
-        self._batch.join([], [sequence])
+        self._batch.decode([self._batch.prefill([sequence])], step=False)
         while not sequence.done:
             self._batch.decode([])
         self._batch.reset()
         return sequence.generated
 
-    # --- the scheduling loop -----------------------------------------------------------
+    # --- prefill: as soon as a sequence fits ---------------------------------------------
+
+    def _overlaps(self) -> bool:
+        """Whether prefills run beside the decoding steps now (else between them)."""
+        return (
+            self._prefill_executor is not self._executor
+            and self._step_s >= self._overlap_from_step_s
+        )
+
+    def _prefill_next(self) -> None:
+        """Start prefilling the waiting sequences that fit, unless a prefill runs already
+        or it would run beside a step when prefills take turns with steps. Call on the event
+        loop."""
+        self._expire(time.time())
+        if self._prefilling is not None or (self._stepping and not self._overlaps()):
+            return
+        joining = self._admit()
+        if not joining:
+            return
+        self._joining += joining
+        self._prefilling = asyncio.get_running_loop().run_in_executor(
+            self._prefill_executor, self._batch.prefill, joining
+        )
+        self._prefilling.add_done_callback(lambda done: self._on_prefilled(done, joining))
+
+    def _on_prefilled(self, done: asyncio.Future, joining: list[Sequence]) -> None:
+        """Send the prefilled sequences' first tokens; queue their rows for the next step."""
+        self._prefilling = None
+        try:
+            self._prefilled.append(done.result())
+        except asyncio.CancelledError:
+            self._fail(joining, RuntimeError("cancelled"), "prefill")
+        except Exception as exc:  # the joining sequences fail; the batch goes on
+            self._fail(joining, exc, "prefill")
+        self._joining = [s for s in self._joining if not (s.done and s in joining)]
+        self._deliver(joining)
+        self._wake.set()
+        self._prefill_next()
+
+    # --- the decoding loop -------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
             await self._schedule()
         except (Exception, asyncio.CancelledError) as exc:  # no follower waits for a dead loop
-            self._fail([*self._waiting, *self._batch.live], exc, "scheduling")
-            for sequence in [*self._waiting, *self._batch.live]:
+            everyone = [*self._waiting, *self._joining, *self._in_batch]
+            self._fail(everyone, exc, "scheduling")
+            for sequence in everyone:
                 sequence.end()
             self._waiting.clear()
+            self._joining, self._in_batch, self._prefilled = [], [], []
             self._batch.reset()
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
     async def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._waiting or self._batch.live:
-            leaving = self._expire(time.time())
-            joining = self._admit()
-            if joining:
-                try:
-                    await loop.run_in_executor(self._executor, self._batch.join, leaving, joining)
-                except Exception as exc:  # the joining sequences fail; the batch goes on
-                    self._fail(joining, exc, "prefill")
-                leaving = []
-                self._deliver(joining)
-            if not self._batch.live:
+        while self._waiting or self._joining or self._in_batch:
+            self._prefill_next()
+            while self._prefilling is not None and not self._overlaps():
+                await asyncio.wait([self._prefilling])  # its rows join this step
+            if not self._in_batch and not self._prefilled:
+                if self._prefilling is None:
+                    continue  # nothing to wait for: the loop's condition decides
+                self._wake.clear()
+                await self._wake.wait()  # for a prefill to finish (or a sequence to come)
                 continue
-            stepping = self._batch.live
+            placing, self._prefilled = self._prefilled, []
+            placed = [s for ready in placing for s in ready.sequences]
+            self._joining = [s for s in self._joining if s not in placed]
+            stepping = [*self._in_batch, *placed]
+            started = time.perf_counter()
+            self._stepping = True
             try:
-                await loop.run_in_executor(self._executor, self._batch.decode, leaving)
+                await loop.run_in_executor(self._executor, self._batch.decode, placing)
             except Exception as exc:  # a failed step leaves no consistent cache: all end
                 self._fail(stepping, exc, "decoding")
                 self._batch.reset()
+            finally:
+                self._stepping = False
+            self._step_s += STEP_TIME_WEIGHT * (time.perf_counter() - started - self._step_s)
             self.steps += 1
+            self._in_batch = self._batch.live
             self._deliver(stepping)
 
-    def _expire(self, now: float) -> list[Sequence]:
-        """End sequences past their deadline; those in the batch (and cancelled ones) leave."""
-        for sequence in [*self._waiting, *self._batch.live]:
+    def _expire(self, now: float) -> None:
+        """End sequences past their deadline (those in the batch leave at the next step)."""
+        for sequence in [*self._waiting, *self._joining, *self._in_batch]:
             if not sequence.done and sequence.deadline is not None and now >= sequence.deadline:
                 sequence.error = DeadlineExceeded("the request's deadline passed during generation")
                 sequence.end()
-        return [s for s in self._batch.live if s.done]
 
     def _admit(self) -> list[Sequence]:
         """The waiting sequences that fit now, oldest first (none overtakes a waiting one)."""
-        running = [s for s in self._batch.live if not s.done]
+        running = [s for s in [*self._in_batch, *self._joining] if not s.done]
         joining: list[Sequence] = []
         while self._waiting:
             head = self._waiting[0]
@@ -251,6 +325,20 @@ class DecodingEngine:
                 )
 
 
+@dataclass(eq=False)
+class Prefilled:
+    """Sequences prefilled together, for the batch to take in at its next step."""
+
+    layers: list  # the prefill's cache layers, one row per joining sequence
+    mask: Any  # [rows, columns]: 1 where a row has a prompt token (left-padded)
+    first: Any  # [rows]: each row's first sampled token
+    rows: list[tuple[int, Sequence]]  # (row, sequence) of those its first token left unfinished
+
+    @property
+    def sequences(self) -> list[Sequence]:
+        return [sequence for _, sequence in self.rows]
+
+
 class RunningBatch:
     """The rows being decoded and their key/value cache (inference thread only).
 
@@ -284,21 +372,27 @@ class RunningBatch:
         self._next: Any = None  # [slots]: each row's last sampled token, fed at the next step
         self._positions: Any = None  # [slots]: that token's position in its sequence
 
-    def join(self, leaving: list[Sequence], joining: list[Sequence]) -> None:
-        """Free ``leaving`` (and finished rows), prefill ``joining`` together, sample their
-        first tokens and place the unfinished ones in free slots."""
+    def prefill(self, joining: list[Sequence]) -> Prefilled:
+        """Prefill ``joining`` together and sample their first tokens. Touches no state of
+        the batch, so it may run on another thread while the batch decodes."""
         with self._torch.inference_mode():  # the cache's tensors are inference tensors
-            self._join(leaving, joining)
+            return self._prefill(joining)
 
-    def decode(self, leaving: list[Sequence]) -> None:
-        """Free ``leaving`` (and finished rows), one decoding step for every row, then free
-        the rows it finished."""
+    def decode(self, placing: list[Prefilled], *, step: bool = True) -> None:
+        """Free finished rows, put the unfinished prefilled ones into free slots, and run
+        one decoding step for every row (unless ``step`` is false); then free the rows that
+        step finished."""
         with self._torch.inference_mode():
-            self._decode(leaving)
+            self._free()
+            for prefilled in placing:
+                joined = [(row, s) for row, s in prefilled.rows if not s.done]
+                if joined:
+                    self._place(prefilled.layers, prefilled.mask, prefilled.first, joined)
+            if step:
+                self._decode()
 
-    def _join(self, leaving: list[Sequence], joining: list[Sequence]) -> None:
+    def _prefill(self, joining: list[Sequence]) -> Prefilled:
         torch = self._torch
-        self._free(leaving)
         from transformers import DynamicCache
 
         width = max(len(s.prompt) for s in joining)
@@ -326,13 +420,11 @@ class RunningBatch:
         first = self._sample(logits, joining)
         _check_layers(cache)
         tokens = first.tolist()
-        keep = [row for row, s in enumerate(joining) if not self._record(s, tokens[row])]
-        if keep:
-            self._place(cache.layers, mask, first, [(row, joining[row]) for row in keep])
+        rows = [(row, s) for row, s in enumerate(joining) if not self._record(s, tokens[row])]
+        return Prefilled(cache.layers, mask, first, rows)
 
-    def _decode(self, leaving: list[Sequence]) -> None:
+    def _decode(self) -> None:
         torch = self._torch
-        self._free(leaving)
         if not self.rows:
             return
         mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=1)
@@ -349,7 +441,7 @@ class RunningBatch:
         for sequence, token in zip(self.rows, self._next.tolist()):
             if sequence is not None:
                 self._record(sequence, token)
-        self._free([])  # finished rows leave their slots now
+        self._free()  # finished rows leave their slots now
 
     def _record(self, sequence: Sequence, token: int) -> bool:
         """Add a sampled token to its sequence; whether the sequence finished."""
@@ -433,11 +525,10 @@ class RunningBatch:
         for slot, (_, sequence) in zip(free, joined):
             self.rows[slot] = sequence
 
-    def _free(self, leaving: list[Sequence]) -> None:
-        """Free the slots of finished and leaving sequences; compact the cache once free
-        slots, or columns no sequence uses, make up half of it."""
-        gone = set(map(id, leaving))
-        self.rows = [None if s is None or s.done or id(s) in gone else s for s in self.rows]
+    def _free(self) -> None:
+        """Free the slots of finished (and cancelled, and expired) sequences; compact the
+        cache once free slots, or columns no sequence uses, make up half of it."""
+        self.rows = [None if s is None or s.done else s for s in self.rows]
         live = [slot for slot, s in enumerate(self.rows) if s is not None]
         if not live:
             self.reset()

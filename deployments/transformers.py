@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -52,6 +53,12 @@ STREAM_GAP_S = 60.0
 TASK_CAPABILITIES = {"feature-extraction": (EMBED,), "text-generation": (GENERATE, STREAM)}
 
 
+# prefill: auto overlaps prefills with decoding steps that take at least this long: measured
+# on 2 cores, gpt2-124m (steps 50-200 ms) gains (TTFT at c=8 2.1x -> 1.5x c=1's) while
+# tiny-gpt2 (steps of a few ms) loses 14 % of its c=32 throughput (bench/NOTES.md).
+PREFILL_OVERLAP_STEP_S = 0.02
+
+
 class TransformersOptions(BaseModel):
     """``transformers:`` in a model's args (text-generation models)."""
 
@@ -63,6 +70,12 @@ class TransformersOptions(BaseModel):
     # The bound on the running batch's key/value cache, in tokens (rows x longest row):
     # past it generations wait for room. A prompt plus its max_new_tokens must fit alone.
     max_tokens_in_flight: Annotated[int, Field(ge=64, le=16_777_216)] = 16_384
+    # own_thread: a joining request's prompt is prefilled on a thread of its own while the
+    # running batch decodes, so its first token does not wait for the step in progress;
+    # between_steps: prefills and decoding steps take turns; auto: own_thread while a step
+    # takes at least PREFILL_OVERLAP_STEP_S, else between_steps (a tiny model's steps are
+    # shorter than the cost of two threads competing for the cores).
+    prefill: Literal["auto", "own_thread", "between_steps"] = "auto"
 
 
 def _spec(name: str, dtype: np.dtype, shape: tuple[int, ...], **kw: Any) -> TensorSpec:
@@ -130,6 +143,8 @@ class TransformersModel(Servable):
             return None
         eos = self._model.generation_config.eos_token_id
         eos_ids = {*(eos if isinstance(eos, list) else [eos]), self._tokenizer.eos_token_id}
+        if options.prefill != "between_steps":
+            self._prefill_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-prefill")
         return DecodingEngine(
             self._model,
             self._device,
@@ -139,6 +154,8 @@ class TransformersModel(Servable):
             max_rows=self.spec.batching.max_batch_size,
             max_tokens=options.max_tokens_in_flight,
             max_queued=self.spec.max_queued_requests,
+            prefill_executor=getattr(self, "_prefill_thread", None),
+            overlap_from_step_s=PREFILL_OVERLAP_STEP_S if options.prefill == "auto" else 0.0,
         )
 
     def warm_up(self) -> None:
@@ -148,6 +165,13 @@ class TransformersModel(Servable):
             prompt = self._tokenizer("warm-up")["input_ids"]
             with self._torch.inference_mode():
                 self._engine.run_alone(prompt, 2)
+
+    def release(self) -> None:
+        """The usual release, and the prefill thread ends once its last prefill returns."""
+        prefill_thread = getattr(self, "_prefill_thread", None)
+        if prefill_thread is not None:
+            prefill_thread.shutdown(wait=False)
+        super().release()
 
     def apply_batching(self, max_batch_size: int) -> None:
         """A new ``max_batch_size``: the running batch's row limit from its next step."""

@@ -5,6 +5,7 @@ exactly what ``generate()`` gives it alone; seeds, cancellation, deadlines and t
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,17 +39,45 @@ def gpt2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _engine(gpt2: tuple[Any, Any], **limits: Any) -> DecodingEngine:
+def _engine(
+    gpt2: tuple[Any, Any],
+    prefill: str = "own_thread",
+    decoding: Any = None,
+    overlap_from_step_s: float = 0.0,
+    **limits: Any,
+) -> DecodingEngine:
+    """An engine over tiny GPT-2; ``prefill`` as the ``transformers.prefill`` option."""
     model, tokenizer = gpt2
     settings = {"max_rows": 8, "max_tokens": 100_000, "max_queued": None, **limits}
     return DecodingEngine(
         model,
         "cpu",
-        ThreadPoolExecutor(1),
+        decoding or ThreadPoolExecutor(1),
         eos_ids=[tokenizer.eos_token_id],
         pad_id=tokenizer.eos_token_id,
+        prefill_executor=ThreadPoolExecutor(1) if prefill == "own_thread" else None,
+        overlap_from_step_s=overlap_from_step_s,
         **settings,
     )
+
+
+class HeldSteps(ThreadPoolExecutor):
+    """The decoding thread, whose calls wait while ``open`` is clear."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.open = threading.Event()
+        self.open.set()
+        self.held = threading.Event()  # a call is waiting
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        def when_open() -> Any:
+            if not self.open.is_set():
+                self.held.set()
+                self.open.wait()
+            return fn(*args, **kwargs)
+
+        return super().submit(when_open)
 
 
 def _alone(gpt2: tuple[Any, Any], prompt: str, budget: int) -> list[int]:
@@ -76,14 +105,15 @@ def _submit(engine: DecodingEngine, tokenizer: Any, prompt: str, budget: int, **
     return engine.submit(tokenizer(prompt)["input_ids"], budget, sampling, kw.get("deadline"))
 
 
+@pytest.mark.parametrize("prefill", ["own_thread", "between_steps"])
 def test_sequences_joining_at_different_steps_each_get_what_they_get_alone(
-    gpt2: tuple[Any, Any],
+    gpt2: tuple[Any, Any], prefill: str
 ) -> None:
     """Rows of different prompt lengths join a running batch (left-padded in), leave it at
     different steps (cut out, columns trimmed): greedy tokens equal generate() alone."""
     _, tokenizer = gpt2
     budgets = [40, 7, 30, 12]
-    engine = _engine(gpt2)
+    engine = _engine(gpt2, prefill)
 
     async def scenario() -> list[list[int]]:
         async def one(index: int) -> list[int]:
@@ -98,8 +128,9 @@ def test_sequences_joining_at_different_steps_each_get_what_they_get_alone(
     assert engine.steps < sum(budgets)  # they shared steps
 
 
+@pytest.mark.parametrize("prefill", ["own_thread", "between_steps"])
 def test_slots_are_reused_widened_and_compacted_without_changing_any_answer(
-    gpt2: tuple[Any, Any],
+    gpt2: tuple[Any, Any], prefill: str
 ) -> None:
     """Twelve sequences through four slots: finished rows' slots are taken over, a prompt
     longer than the batch widens it, and the cache is compacted as the load drains; each
@@ -108,7 +139,7 @@ def test_slots_are_reused_widened_and_compacted_without_changing_any_answer(
     long_prompt = " ".join(PROMPTS * 3)  # longer than any row of the batch when it joins
     prompts = [PROMPTS[i % 4] if i != 7 else long_prompt for i in range(12)]
     budgets = [5 + (7 * i) % 23 for i in range(12)]
-    engine = _engine(gpt2, max_rows=4)
+    engine = _engine(gpt2, prefill, max_rows=4)
 
     async def scenario() -> list[list[int]]:
         async def one(index: int) -> list[int]:
@@ -143,6 +174,70 @@ def test_a_short_request_overtakes_long_ones(gpt2: tuple[Any, Any]) -> None:
     assert short.finish_reason == LENGTH and len(short.generated) == 8
     assert all(20 <= done < 200 for done in progress), progress  # finished before them
     assert all(len(s.generated) == 200 for s in long)
+
+
+def test_a_joining_request_gets_its_first_token_while_the_batch_decodes(
+    gpt2: tuple[Any, Any],
+) -> None:
+    """With prefill on its own thread, a request's first token does not wait for the
+    decoding step in progress: it arrives while that step is held, and the request then
+    joins the batch and gets exactly its greedy tokens."""
+    _, tokenizer = gpt2
+    steps = HeldSteps()
+    engine = _engine(gpt2, decoding=steps)
+
+    async def scenario() -> tuple[list[int], list[int], int]:
+        running = _submit(engine, tokenizer, "Once upon a time", 60)
+        follower = asyncio.ensure_future(_collect(engine, running))
+        while len(running.generated) < 3:
+            await asyncio.sleep(0.001)
+        steps.open.clear()
+        while not steps.held.is_set():  # a decoding step waits
+            await asyncio.sleep(0.001)
+        held_at = len(running.generated)
+        joining = _submit(engine, tokenizer, "Hello", 12)
+        tokens = engine.follow(joining)
+        first = await asyncio.wait_for(anext(tokens), timeout=60)
+        assert len(running.generated) == held_at  # the batch has not stepped since
+        steps.open.set()
+        rest = [t async for new in tokens for t in new]
+        await follower
+        return first + rest, running.generated, held_at
+
+    joined, running, held_at = asyncio.run(scenario())
+    assert held_at < 60
+    assert joined == _alone(gpt2, "Hello", 12)
+    assert running == _alone(gpt2, "Once upon a time", 60)
+
+
+def test_prefills_wait_for_the_step_when_steps_are_shorter_than_the_overlap_bound(
+    gpt2: tuple[Any, Any],
+) -> None:
+    """``prefill: auto`` on a model whose steps are short: the prefill thread exists, but a
+    joining request is prefilled only once the step in progress ends."""
+    _, tokenizer = gpt2
+    steps = HeldSteps()
+    engine = _engine(gpt2, decoding=steps, overlap_from_step_s=10.0)
+
+    async def scenario() -> tuple[list[int], int]:
+        running = _submit(engine, tokenizer, "Once upon a time", 60)
+        follower = asyncio.ensure_future(_collect(engine, running))
+        while len(running.generated) < 3:
+            await asyncio.sleep(0.001)
+        steps.open.clear()
+        while not steps.held.is_set():
+            await asyncio.sleep(0.001)
+        joining = _submit(engine, tokenizer, "Hello", 12)
+        await asyncio.sleep(0.3)  # a prefill beside the held step would have ended by now
+        waited = len(joining.generated)
+        steps.open.set()
+        tokens = await _collect(engine, joining)
+        await follower
+        return tokens, waited
+
+    tokens, waited = asyncio.run(scenario())
+    assert waited == 0
+    assert tokens == _alone(gpt2, "Hello", 12)
 
 
 def test_seeded_sampling_is_the_same_alone_and_amid_others(gpt2: tuple[Any, Any]) -> None:
@@ -239,9 +334,8 @@ def test_the_token_bound_makes_requests_wait_and_the_queue_bound_refuses(
                 await asyncio.sleep(0)
 
         watcher = asyncio.ensure_future(watch())
-        first = _submit(engine, tokenizer, "Hello", 40)
-        await asyncio.sleep(0.01)  # the first is admitted
-        second = _submit(engine, tokenizer, "Hello", 40)  # the second waits
+        first = _submit(engine, tokenizer, "Hello", 40)  # admitted at once: prefilling
+        second = _submit(engine, tokenizer, "Hello", 40)  # waits for room
         with pytest.raises(Overloaded, match="max_queued_requests 1"):
             _submit(engine, tokenizer, "Hello", 40)
         await asyncio.gather(_collect(engine, first), _collect(engine, second))
