@@ -150,6 +150,7 @@ def in_process(args: argparse.Namespace, name: str, path: Path, on_gpu: bool) ->
 
     from deployments.transformers import TransformersModel
     from serve_app.config import ModelSpec
+    from serve_app.text_tasks import COMPLETION_TOKENS
 
     task = "feature-extraction" if name == "minilm" else "text-generation"
     spec = ModelSpec(
@@ -175,7 +176,7 @@ def in_process(args: argparse.Namespace, name: str, path: Path, on_gpu: bool) ->
             if on_gpu:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - started)
-            tokens += int(out["_completion_tokens"].sum()) if name == "gpt2" else 0
+            tokens += int(out[COMPLETION_TOKENS].sum()) if name == "gpt2" else 0
         elapsed = sum(times)
         entry = {
             "rows_per_s": rows * len(times) / elapsed,

@@ -566,10 +566,8 @@ class ModelHost:
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream one completion from the default version (text-generation models)."""
         with self.using(PredictRequest({}), split=True) as version:
-            stream = getattr(version.servable, "generate_stream", None)
-            if stream is None:
-                raise ServingError(f"model '{self.name}' cannot stream")
-            async for item in stream(text, max_new_tokens, parameters, deadline):
+            stream = version.servable.generate_stream(text, max_new_tokens, parameters, deadline)
+            async for item in stream:
                 yield item
 
     # --- status, metadata, statistics ---------------------------------------------------

@@ -42,6 +42,7 @@ from deployments.text import (
 )
 from serve_app.errors import ModelLoadError
 from serve_app.request import EMBED, PREDICT
+from serve_app.text_tasks import EMBEDDINGS, TEXT, TOKEN_COUNT
 
 logger = logging.getLogger("ray.serve")
 
@@ -170,7 +171,7 @@ class OnnxModel(Servable):
 
     def check_request(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]) -> None:
         if self._tokenizer is not None:
-            check_texts(inputs["text"], "text")
+            check_texts(inputs[TEXT], TEXT)
         super().check_request(inputs, parameters)
 
     def infer(
@@ -181,7 +182,7 @@ class OnnxModel(Servable):
         stop: StopCheck | None = None,
     ) -> dict[str, np.ndarray]:
         if self._tokenizer is not None:
-            return self._embed(texts_of(inputs["text"]))
+            return self._embed(texts_of(inputs[TEXT]))
         names = list(self._graph.outputs)
         return dict(zip(names, self._session.run(names, inputs)))
 
@@ -196,8 +197,8 @@ class OnnxModel(Servable):
         feeds = {name: columns[name] for name in self._feeds if name in columns}
         (hidden,) = self._session.run([self._hidden_output], feeds)
         return {
-            "embeddings": mean_pool(hidden, mask),
-            "_token_count": mask.sum(axis=1).astype(np.int32),
+            EMBEDDINGS: mean_pool(hidden, mask),
+            TOKEN_COUNT: mask.sum(axis=1).astype(np.int32),
         }
 
     def warmup_inputs(self, signature: Signature) -> dict[str | None, np.ndarray] | None:

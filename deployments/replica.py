@@ -177,6 +177,11 @@ class ModelReplica:
         """The models this deployment serves now (a pool's: those under its ``uri``)."""
         return await self.models.list_models()
 
+    async def pool_report(self) -> dict[str, Any]:
+        """What a pool's replica holds and how its cache has done (the status page asks);
+        empty for a dedicated model's."""
+        return self.models.report().get("pool", {})
+
 
 ModelDeployment = serve.deployment(ModelReplica)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from deployments.signature import Signature, prepare_inputs
-from serve_app.errors import InvalidInput, UnknownSignature
+from serve_app.errors import InvalidInput, ServingError, UnknownSignature
 from serve_app.request import PREDICT, PredictRequest
 
 if TYPE_CHECKING:
@@ -134,6 +134,17 @@ class Servable:
         """A model that schedules its own calls (continuous batching) takes a checked item
         here and returns the future of its outputs; None: the replica's batcher runs it."""
         return None
+
+    def generate_stream(
+        self,
+        text: str,
+        max_new_tokens: int,
+        parameters: dict[str, Any],
+        deadline: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """One completion streamed as it is generated (text-generation models; the items
+        are named in ``serve_app/text_tasks.py``)."""
+        raise ServingError(f"model '{self.name}' cannot stream")
 
     def apply_batching(self, max_batch_size: int) -> None:
         """A new ``max_batch_size`` from the hot settings (for a model that batches itself)."""

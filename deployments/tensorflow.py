@@ -16,20 +16,18 @@ import numpy as np
 
 from deployments.servable import DEFAULT_SIGNATURE, Servable, StopCheck
 from deployments.signature import UNBATCHED_ROW, Signature, TensorSpec
+from deployments.tf_signatures import (
+    PREDICT_METHOD,
+    check_example_signature,
+    serialized_examples,
+)
+from deployments.tf_warmup import replay_warmup, warmup_file
 from serve_app.errors import InvalidInput, ModelLoadError
 from serve_app.request import CLASSIFY, PREDICT, REGRESS
 
 SAVED_MODEL_FILE = "saved_model.pb"
 # Keras files as people have them: Keras 3 files under any name, and legacy HDF5 files.
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-PREDICT_METHOD = "tensorflow/serving/predict"
-# TF Serving's names for classify/regress signatures' tensors (signature_constants.h).
-EXAMPLES_INPUT, CLASSES_OUTPUT, SCORES_OUTPUT, REGRESS_OUTPUT = (
-    "inputs",
-    "classes",
-    "scores",
-    "outputs",
-)
 
 
 class TensorFlowModel(Servable):
@@ -185,8 +183,6 @@ class TensorFlowModel(Servable):
     def warm_up(self) -> None:
         """Replay the SavedModel's TF Serving warm-up requests, if it ships any (as TF Serving
         does, before the version is AVAILABLE); otherwise the made-up load check."""
-        from deployments.tf_warmup import replay_warmup, warmup_file
-
         if warmup_file(self._path).is_file():
             replay_warmup(self, self._path)
         else:
@@ -217,38 +213,6 @@ def keras_file(model: str, uri: str, path: Path) -> Path:
         f"model '{model}': version directory '{path.name}' of {uri} holds {len(found)} Keras"
         f" files ({', '.join(p.name for p in found)}); keep one, or name it model.keras"
     )
-
-
-def check_example_signature(model: str, signature: Signature, method: str) -> None:
-    """TF Serving's checks of a signature used to classify or regress (its method name is not
-    checked, as TF Serving's default ``--enable_signature_method_name_check=false``)."""
-    where = f"signature '{signature.name}' of model '{model}' cannot {method}"
-    if list(signature.inputs) != [EXAMPLES_INPUT]:
-        raise InvalidInput(
-            f"{where}: {method} needs exactly one input named '{EXAMPLES_INPUT}' (serialized"
-            f" tf.Examples), the signature has [{', '.join(signature.inputs)}]"
-        )
-    outputs = list(signature.public_outputs())
-    if method == "classify":
-        if not {CLASSES_OUTPUT, SCORES_OUTPUT} & set(outputs) or len(outputs) > 2:
-            raise InvalidInput(
-                f"{where}: classify needs one or two outputs, '{CLASSES_OUTPUT}' and/or"
-                f" '{SCORES_OUTPUT}', the signature has [{', '.join(outputs)}]"
-            )
-    elif outputs != [REGRESS_OUTPUT]:
-        raise InvalidInput(
-            f"{where}: regress needs exactly one output named '{REGRESS_OUTPUT}',"
-            f" the signature has [{', '.join(outputs)}]"
-        )
-
-
-def serialized_examples(serialized: list[bytes]) -> dict[str | None, np.ndarray]:
-    """The one input of a classify/regress call: a vector of serialized ``tf.Example``s."""
-    if not serialized:
-        raise InvalidInput("Input is empty: classify and regress need at least one example")
-    array = np.empty((len(serialized),), dtype=object)
-    array[:] = serialized
-    return {EXAMPLES_INPUT: array}
 
 
 def _to_example(tf: Any, features: dict[str, Any]) -> Any:

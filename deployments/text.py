@@ -10,6 +10,7 @@ import numpy as np
 from deployments.servable import DEFAULT_SIGNATURE
 from deployments.signature import Signature, TensorSpec
 from serve_app.errors import InvalidInput
+from serve_app.text_tasks import EMBEDDINGS, TEXT, TOKEN_COUNT
 
 STRING = np.dtype(object)
 INT32 = np.dtype("int32")
@@ -17,15 +18,15 @@ FLOAT32 = np.dtype("float32")
 # No token of these tokenizers spans more characters (WordPiece reads at most 100 per word),
 # so a text cut at this many characters per token of context tokenizes as the whole text.
 MAX_CHARS_PER_TOKEN = 100
-TEXT_INPUT = {"text": TensorSpec("text", STRING, (-1,))}
+TEXT_INPUT = {TEXT: TensorSpec(TEXT, STRING, (-1,))}
 
 
 def embedding_signature(hidden_size: int) -> Signature:
     """``feature-extraction``: texts in, one L2-normalised embedding per text out (and the
     token counts the OpenAI route reports as usage)."""
     outputs = {
-        "embeddings": TensorSpec("embeddings", FLOAT32, (-1, hidden_size)),
-        "_token_count": TensorSpec("_token_count", INT32, (-1,)),
+        EMBEDDINGS: TensorSpec(EMBEDDINGS, FLOAT32, (-1, hidden_size)),
+        TOKEN_COUNT: TensorSpec(TOKEN_COUNT, INT32, (-1,)),
     }
     return Signature(DEFAULT_SIGNATURE, TEXT_INPUT, outputs)
 

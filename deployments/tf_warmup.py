@@ -17,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from deployments.signature import prepare_inputs, requested_outputs
+from deployments.tf_signatures import (
+    CLASSIFY_METHOD,
+    REGRESS_METHOD,
+    check_example_signature,
+    serialized_examples,
+)
 from serve_app.errors import ModelLoadError, ServingError
 
 ASSETS_EXTRA = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000  # TF Serving's WarmupConsts::kMaxNumRecords
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
 
 
 class WarmupError(ServingError):
@@ -149,8 +153,6 @@ def _predict(servable: Any, request: Any) -> None:
 
 
 def _examples(servable: Any, signature_name: str, method: str, input_proto: Any) -> None:
-    from deployments.tensorflow import check_example_signature, serialized_examples
-
     signature = servable.signature(signature_name)
     check_example_signature(servable.name, signature, method)
     _run(servable, signature, serialized_examples(_serialized(input_proto)))

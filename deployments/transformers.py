@@ -44,9 +44,24 @@ from deployments.text import (
 )
 from serve_app.errors import DeadlineExceeded, InvalidInput, ServingError
 from serve_app.request import EMBED, GENERATE, PREDICT, STREAM, PredictRequest
+from serve_app.text_tasks import (
+    COMPLETION,
+    COMPLETION_TOKENS,
+    EMBEDDINGS,
+    FINISH_REASON,
+    GENERATED_TEXT,
+    MAX_NEW_TOKENS,
+    MAX_NEW_TOKENS_LIMIT,
+    PROMPT_TOKENS,
+    STREAM_COMPLETION_TOKENS,
+    STREAM_FINISH_REASON,
+    STREAM_PROMPT_TOKENS,
+    STREAM_TEXT,
+    TEXT,
+    TOKEN_COUNT,
+)
 
 DEFAULT_MAX_NEW_TOKENS = 32
-MAX_NEW_TOKENS_LIMIT = 1024
 # A stream whose model produces no token for this long ends with an error event.
 STREAM_GAP_S = 60.0
 # What each task adds to predict (TF Serving and V2 requests on the task's signature).
@@ -188,15 +203,15 @@ class TransformersModel(Servable):
                 "score": _spec("score", FLOAT32, (-1,)),
             }
             return Signature(DEFAULT_SIGNATURE, text, outputs)
-        budget = _spec("max_new_tokens", INT32, (-1,), default=DEFAULT_MAX_NEW_TOKENS)
+        budget = _spec(MAX_NEW_TOKENS, INT32, (-1,), default=DEFAULT_MAX_NEW_TOKENS)
         outputs = {
-            "generated_text": _spec("generated_text", STRING, (-1,)),
-            "_completion": _spec("_completion", STRING, (-1,)),
-            "_finish_reason": _spec("_finish_reason", STRING, (-1,)),
-            "_prompt_tokens": _spec("_prompt_tokens", INT32, (-1,)),
-            "_completion_tokens": _spec("_completion_tokens", INT32, (-1,)),
+            GENERATED_TEXT: _spec(GENERATED_TEXT, STRING, (-1,)),
+            COMPLETION: _spec(COMPLETION, STRING, (-1,)),
+            FINISH_REASON: _spec(FINISH_REASON, STRING, (-1,)),
+            PROMPT_TOKENS: _spec(PROMPT_TOKENS, INT32, (-1,)),
+            COMPLETION_TOKENS: _spec(COMPLETION_TOKENS, INT32, (-1,)),
         }
-        return Signature(DEFAULT_SIGNATURE, {**text, "max_new_tokens": budget}, outputs)
+        return Signature(DEFAULT_SIGNATURE, {**text, MAX_NEW_TOKENS: budget}, outputs)
 
     def signatures(self) -> dict[str, Signature]:
         return self._signatures
@@ -204,7 +219,7 @@ class TransformersModel(Servable):
     def warmup_inputs(self, signature: Signature) -> dict[str | None, np.ndarray] | None:
         row = super().warmup_inputs(signature)
         if row is not None and self.spec.task == "text-generation":
-            row["max_new_tokens"] = np.array([1], dtype=np.int32)  # a check, not a workload
+            row[MAX_NEW_TOKENS] = np.array([1], dtype=np.int32)  # a check, not a workload
         return row
 
     def preprocesses(self, request: PredictRequest) -> bool:
@@ -214,10 +229,10 @@ class TransformersModel(Servable):
     def preprocess(self, request: PredictRequest) -> dict[str | None, np.ndarray]:
         """A chat request's inputs with each text (a JSON list of messages) rendered."""
         inputs = dict(request.inputs or {})
-        key = "text" if "text" in inputs else None
+        key = TEXT if TEXT in inputs else None
         if key not in inputs:
             raise InvalidInput("a chat request needs its text input")
-        texts = check_texts(np.asarray(inputs[key]).reshape(-1), "text")
+        texts = check_texts(np.asarray(inputs[key]).reshape(-1), TEXT)
         inputs[key] = np.array([self.render_chat(text) for text in texts], dtype=object)
         return inputs
 
@@ -242,12 +257,12 @@ class TransformersModel(Servable):
         """Every text is valid Unicode (UTF-8 for bytes) before it can join a batch, where a
         text the tokenizer cannot take would fail its batch mates too; generation prompts
         must leave room for ``max_new_tokens`` in the model's context."""
-        texts = check_texts(inputs["text"], "text")
+        texts = check_texts(inputs[TEXT], TEXT)
         if self.spec.task != "text-generation":
             super().check_request(inputs, parameters)
             return
         parse_generation_parameters(parameters)
-        budgets = inputs["max_new_tokens"]
+        budgets = inputs[MAX_NEW_TOKENS]
         if budgets.min() < 1 or budgets.max() > MAX_NEW_TOKENS_LIMIT:
             raise InvalidInput(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}")
         for row, (text, cut) in enumerate(zip(texts, cut_texts(texts, self._max_length))):
@@ -284,14 +299,14 @@ class TransformersModel(Servable):
         parameters: dict[str, Any],
         stop: StopCheck | None = None,
     ) -> dict[str, np.ndarray]:
-        texts = texts_of(inputs["text"])
+        texts = texts_of(inputs[TEXT])
         with self._torch.inference_mode():
             if self.spec.task == "feature-extraction":
                 return self._embed(texts)
             if self.spec.task == "text-classification":
                 return self._classify(texts)
             settings = parse_generation_parameters(parameters)
-            return self._generate(texts, inputs["max_new_tokens"], settings, stop)
+            return self._generate(texts, inputs[MAX_NEW_TOKENS], settings, stop)
 
     def _encode(self, texts: list[str]) -> Any:
         encoded = self._tokenizer(
@@ -311,8 +326,8 @@ class TransformersModel(Servable):
         mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return {
-            "embeddings": torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy(),
-            "_token_count": encoded["attention_mask"].sum(dim=1).cpu().numpy().astype(np.int32),
+            EMBEDDINGS: torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy(),
+            TOKEN_COUNT: encoded["attention_mask"].sum(dim=1).cpu().numpy().astype(np.int32),
         }
 
     def _classify(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -333,7 +348,7 @@ class TransformersModel(Servable):
     ) -> dict[str, np.ndarray]:
         columns: dict[str, list[Any]] = {
             name: [None] * len(texts)
-            for name in ("_completion", "_finish_reason", "_prompt_tokens", "_completion_tokens")
+            for name in (COMPLETION, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS)
         }
         # One generate call per distinct max_new_tokens: rows in a call share that setting.
         for budget in np.unique(budgets):
@@ -344,10 +359,10 @@ class TransformersModel(Servable):
                     columns[name][row] = value
         return generation_outputs(
             texts,
-            columns["_completion"],
-            columns["_finish_reason"],
-            columns["_prompt_tokens"],
-            columns["_completion_tokens"],
+            columns[COMPLETION],
+            columns[FINISH_REASON],
+            columns[PROMPT_TOKENS],
+            columns[COMPLETION_TOKENS],
         )
 
     def _generate_kwargs(
@@ -398,10 +413,10 @@ class TransformersModel(Servable):
                 length = self._tokens_in(text)
             results.append(
                 {
-                    "_completion": text,
-                    "_finish_reason": "stop" if stopped or length < budget else "length",
-                    "_prompt_tokens": int(encoded["attention_mask"][row].sum()),
-                    "_completion_tokens": length,
+                    COMPLETION: text,
+                    FINISH_REASON: "stop" if stopped or length < budget else "length",
+                    PROMPT_TOKENS: int(encoded["attention_mask"][row].sum()),
+                    COMPLETION_TOKENS: length,
                 }
             )
         return results
@@ -424,8 +439,8 @@ class TransformersModel(Servable):
     ) -> dict[str, np.ndarray] | ServingError:
         """Every row's completion, generated side by side in the running batch."""
         settings = parse_generation_parameters(parameters)
-        texts = texts_of(inputs["text"])
-        budgets = inputs["max_new_tokens"].tolist()
+        texts = texts_of(inputs[TEXT])
+        budgets = inputs[MAX_NEW_TOKENS].tolist()
         try:
             async with asyncio.TaskGroup() as group:  # one failing row ends its siblings
                 tasks = [
@@ -440,10 +455,10 @@ class TransformersModel(Servable):
         rows = [task.result() for task in tasks]
         return generation_outputs(
             texts,
-            [row["text"] for row in rows],
-            [row["finish_reason"] for row in rows],
-            [row["prompt_tokens"] for row in rows],
-            [row["completion_tokens"] for row in rows],
+            [row[STREAM_TEXT] for row in rows],
+            [row[STREAM_FINISH_REASON] for row in rows],
+            [row[STREAM_PROMPT_TOKENS] for row in rows],
+            [row[STREAM_COMPLETION_TOKENS] for row in rows],
         )
 
     async def _complete(
@@ -452,10 +467,10 @@ class TransformersModel(Servable):
         """One row's whole completion: its text and the stream's final item."""
         pieces = []
         async for item in self._stream_continuous(text, max_new_tokens, settings, deadline):
-            if "text" in item:
-                pieces.append(item["text"])
+            if STREAM_TEXT in item:
+                pieces.append(item[STREAM_TEXT])
             else:
-                return {"text": "".join(pieces), **item}
+                return {STREAM_TEXT: "".join(pieces), **item}
         raise AssertionError("a completion stream ends with its finish item")
 
     async def generate_stream(
@@ -477,8 +492,8 @@ class TransformersModel(Servable):
         if parameters.get("chat") is True:
             text = await asyncio.to_thread(self.render_chat, text)
         inputs = {
-            "text": np.array([text], dtype=object),
-            "max_new_tokens": np.array([max_new_tokens], dtype=np.int32),
+            TEXT: np.array([text], dtype=object),
+            MAX_NEW_TOKENS: np.array([max_new_tokens], dtype=np.int32),
         }
         if self._engine is not None and input_bytes(inputs) <= OFF_LOOP_CHECK_BYTES:
             self.check_request(inputs, parameters)  # a short prompt: no wait for a step
@@ -507,7 +522,7 @@ class TransformersModel(Servable):
         try:
             async for new in tokens:
                 if delta := scanner.feed(text_of.add(new)):
-                    yield {"text": delta}
+                    yield {STREAM_TEXT: delta}
                 if scanner.stopped:
                     break
         finally:
@@ -515,16 +530,16 @@ class TransformersModel(Servable):
         if not scanner.stopped:
             scanner.feed(text_of.finish())
             if tail := scanner.finish():
-                yield {"text": tail}
+                yield {STREAM_TEXT: tail}
         length = len(sequence.generated)
         if scanner.stopped:
             sent = cut_at_stop(scanner.text, settings.stop)[0]
             length = self._tokens_in(sent)
         stopped = scanner.stopped or sequence.finish_reason == "stop"
         yield {
-            "finish_reason": "stop" if stopped else "length",
-            "prompt_tokens": len(prompt),
-            "completion_tokens": length,
+            STREAM_FINISH_REASON: "stop" if stopped else "length",
+            STREAM_PROMPT_TOKENS: len(prompt),
+            STREAM_COMPLETION_TOKENS: length,
         }
 
     async def _stream_request_level(
@@ -562,7 +577,7 @@ class TransformersModel(Servable):
                 if piece is None:
                     break
                 if delta := scanner.feed(piece):
-                    yield {"text": delta}
+                    yield {STREAM_TEXT: delta}
             if scanner.stopped:
                 gone.set()  # a stop sequence ends the generation at its next token
             generated = await generation
@@ -579,14 +594,16 @@ class TransformersModel(Servable):
                 f"model '{self.name}' did not finish within the request's deadline"
             )
         if tail := scanner.finish():
-            yield {"text": tail}
+            yield {STREAM_TEXT: tail}
         if scanner.stopped:
             sent = cut_at_stop(scanner.text, settings.stop)[0]
             length = self._tokens_in(sent)
         yield {
-            "finish_reason": "stop" if scanner.stopped or length < max_new_tokens else "length",
-            "prompt_tokens": int(encoded["attention_mask"].sum()),
-            "completion_tokens": length,
+            STREAM_FINISH_REASON: (
+                "stop" if scanner.stopped or length < max_new_tokens else "length"
+            ),
+            STREAM_PROMPT_TOKENS: int(encoded["attention_mask"].sum()),
+            STREAM_COMPLETION_TOKENS: length,
         }
 
 
@@ -599,11 +616,11 @@ def generation_outputs(
 ) -> dict[str, np.ndarray]:
     """The text-generation signature's outputs for a batch of rows."""
     return {
-        "generated_text": np.array([t + c for t, c in zip(texts, completions)], dtype=object),
-        "_completion": np.array(completions, dtype=object),
-        "_finish_reason": np.array(finish_reasons, dtype=object),
-        "_prompt_tokens": np.array(prompt_tokens, dtype=np.int32),
-        "_completion_tokens": np.array(completion_tokens, dtype=np.int32),
+        GENERATED_TEXT: np.array([t + c for t, c in zip(texts, completions)], dtype=object),
+        COMPLETION: np.array(completions, dtype=object),
+        FINISH_REASON: np.array(finish_reasons, dtype=object),
+        PROMPT_TOKENS: np.array(prompt_tokens, dtype=np.int32),
+        COMPLETION_TOKENS: np.array(completion_tokens, dtype=np.int32),
     }
 
 

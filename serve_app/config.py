@@ -6,17 +6,16 @@ so a typo such as ``max_batch_sise`` never turns into a silently ignored setting
 
 from __future__ import annotations
 
-import re
 import types
 import typing
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+from serve_app.model_names import MAX_MODEL_NAME_CHARS, MODEL_NAME, MODEL_NAME_PATTERN
+
 # Bearer tokens, from the config or the environment: long enough not to be guessed.
 MIN_TOKEN_CHARS, MAX_TOKEN_CHARS = 16, 512
-_NAME = re.compile(MODEL_NAME_PATTERN)
 # Ray accelerator types: L4, T4, A100, A100-80G, H100, TPU-V5E, ...
 ACCELERATOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # Ray node labels (Kubernetes label syntax); a selector value may be negated or a set:
@@ -185,7 +184,7 @@ class _ServedSpec(_Strict):
     options, written under its name (``python: {class: ...}``).
     """
 
-    name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN, max_length=63)]
+    name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN, max_length=MAX_MODEL_NAME_CHARS)]
     framework: str
     uri: Annotated[str, Field(min_length=1)]
     task: Annotated[str, Field(max_length=64)] | None = None
@@ -338,7 +337,7 @@ class PoolSpec(_ServedSpec):
 
     def member_spec(self, model: str) -> ModelSpec:
         """The spec of one model of the pool; ``model`` must already be a checked name."""
-        if not _NAME.fullmatch(model):
+        if not MODEL_NAME.fullmatch(model):
             raise ValueError(f"'{model}' is not a valid model name ({MODEL_NAME_PATTERN})")
         base = self.uri.rstrip("/")
         return ModelSpec(

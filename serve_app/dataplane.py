@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,9 +21,9 @@ from ray.serve.exceptions import DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app import limits
+from serve_app.builders import MODEL_BUILDER
 from serve_app.coalesce import Coalescer, OverloadAnswer, call_error
 from serve_app.config import (
-    MODEL_NAME_PATTERN,
     ConfigError,
     ModelSpec,
     PoolSpec,
@@ -38,10 +37,12 @@ from serve_app.errors import (
     PayloadTooLarge,
     ServingError,
 )
-from serve_app.fleet_status import MODEL_BUILDER, FleetStatus, FoundApp
+from serve_app.fleet_status import FleetStatus, FoundApp
 from serve_app.guard import CallContext, Settings
 from serve_app.limits import BodyBudget
+from serve_app.model_names import MODEL_NAME, MODEL_NAME_PATTERN
 from serve_app.pool_catalog import MISS_REFRESH_S, PoolCatalog, PoolView
+from serve_app.replica_api import ReplicaMethod
 from serve_app.request import (
     CLASSIFY,
     EMBED,
@@ -55,7 +56,6 @@ from serve_app.request import (
 logger = logging.getLogger("ray.serve")
 
 T = TypeVar("T")
-_NAME = re.compile(MODEL_NAME_PATTERN.strip("^$"))
 # How long a readiness probe, or the 503 of a failed model, waits for a fresh view of the
 # fleet from Serve's controller before it answers from the view in hand.
 READY_READ_S = 1.0
@@ -147,7 +147,7 @@ class DataPlane:
         A dedicated model's handle, or for a pool's model a handle that routes by its name
         to the pool replicas holding it.
         """
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
             shown = name[:64] if isinstance(name, str) else type(name).__name__
             raise NotFound(f"model '{shown}' not found (model names match {MODEL_NAME_PATTERN})")
         # Serve's view, waited for within the deadline only: its controller can be slow.
@@ -371,7 +371,7 @@ class DataPlane:
                     if found is None:
                         raise NotFound(f"model '{name}' is no longer served by any pool")
                     target = found[1]
-                response = target.predict_many.remote(requests)
+                response = ReplicaMethod.PREDICT_MANY.of(target).remote(requests)
                 try:
                     return await response
                 except asyncio.CancelledError:
@@ -427,14 +427,15 @@ class DataPlane:
         self,
         ctx: CallContext,
         name: str,
-        method: str,
+        method: ReplicaMethod,
         *args: Any,
         need: str | None = None,
     ) -> Any:
         """One (non-coalesced) call of a model deployment's ``method``: status, metadata,
         statistics."""
         handle = await self.lookup(ctx, name, need)
-        response = getattr(handle, method).remote(*args)
+        # ReplicaMethod(): a name that is no replica method fails here, not on the replica.
+        response = ReplicaMethod(method).of(handle).remote(*args)
         return await self.answer(ctx, name, response, response.cancel)
 
     async def model_ready(
@@ -443,7 +444,7 @@ class DataPlane:
         """Whether a model (version) can answer now: False while it cannot (failed, loading),
         404 if it does not exist."""
         try:
-            await self.call(ctx, name, "model_io", version, label)
+            await self.call(ctx, name, ReplicaMethod.MODEL_IO, version, label)
         except ModelUnavailable:
             return False
         return True
@@ -501,7 +502,8 @@ class DataPlane:
         stops generating at the deadline or when the stream is closed (client gone)."""
         handle = await self.lookup(ctx, name, need)
         deadline = None if ctx.deadline is None else time.time() + ctx.remaining_s()
-        items = handle.options(stream=True).generate_stream.remote(*args, deadline)
+        streaming = handle.options(stream=True)
+        items = ReplicaMethod.GENERATE_STREAM.of(streaming).remote(*args, deadline)
         first = await self.answer(ctx, name, items.__anext__(), cancel=items.cancel)
         return first, self._rest_of_stream(ctx, name, items)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from serve_app.app import build_app
-from serve_app.fleet_status import MODEL_BUILDER, POOL_BUILDER
+from serve_app.builders import FLEET_BUILDER, INGRESS_BUILDER, MODEL_BUILDER, POOL_BUILDER
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "serve_config.yaml"
 
@@ -30,7 +30,7 @@ def fleet_args(config_file: str | os.PathLike | None = None) -> dict:
     config = yaml.safe_load(path.read_text())
     applications = config.get("applications", [])
     for application in applications:
-        if application.get("import_path") == "serve_app.app:build_app":
+        if application.get("import_path") == FLEET_BUILDER:
             return application.get("args") or {}
     fleet: dict = {"models": [], "pools": []}
     for application in applications:
@@ -41,7 +41,7 @@ def fleet_args(config_file: str | os.PathLike | None = None) -> dict:
             if store is not None:
                 fleet.setdefault("store", store)
             fleet["models" if builder == MODEL_BUILDER else "pools"].append(args)
-        elif builder == "serve_app.app:build_ingress":
+        elif builder == INGRESS_BUILDER:
             fleet["ingress"] = args
     if not fleet["models"] and not fleet["pools"]:
         raise ValueError(f"{path} has no model or pool applications of serve_app.app")

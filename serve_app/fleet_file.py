@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve_app.builders import FLEET_BUILDER, INGRESS_BUILDER, MODEL_BUILDER, OURS
 from serve_app.config import (
     ConfigError,
     parse_app_config,
@@ -19,11 +20,6 @@ from serve_app.config import (
     parse_model_app,
     parse_pool_app,
 )
-from serve_app.fleet_status import MODEL_BUILDER, POOL_BUILDER
-
-FLEET_BUILDER = "serve_app.app:build_app"
-INGRESS_BUILDER = "serve_app.app:build_ingress"
-OURS = (FLEET_BUILDER, INGRESS_BUILDER, MODEL_BUILDER, POOL_BUILDER)
 
 
 @dataclass
@@ -57,7 +53,7 @@ def check_fleet(document: Any) -> FleetFile:
             found.problems.append(f"model or pool name '{name}' is used {count} times")
     if (found.models or found.pools) and not found.ingresses:
         found.problems.append(
-            "no ingress application (import_path: serve_app.app:build_ingress): nothing"
+            f"no ingress application (import_path: {INGRESS_BUILDER}): nothing"
             " would serve the models"
         )
     return found

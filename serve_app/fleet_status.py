@@ -24,6 +24,7 @@ from typing import Any
 import ray
 from ray import serve
 
+from serve_app.builders import MODEL_BUILDER, POOL_BUILDER
 from serve_app.errors import ModelUnavailable
 from serve_app.placement import Capacity, never_placeable, parse_resources, read_capacity
 from serve_app.shared_read import SharedRead
@@ -44,10 +45,6 @@ _UNPLACED = re.compile(
     r" total resources available: (?P<available>\{.*?\})",
     re.DOTALL,
 )
-
-
-MODEL_BUILDER = "serve_app.app:build_model"
-POOL_BUILDER = "serve_app.app:build_pool"
 
 
 @dataclass(frozen=True)

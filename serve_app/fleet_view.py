@@ -27,6 +27,7 @@ from serve_app.errors import DeadlineExceeded, ServingError
 from serve_app.fleet_status import ModelHealth
 from serve_app.guard import CallContext
 from serve_app.recent import TRAFFIC, RecentTraffic
+from serve_app.replica_api import ReplicaMethod
 from serve_app.shared_read import SharedRead
 
 logger = logging.getLogger("ray.serve")
@@ -180,7 +181,8 @@ class FleetView:
         ctx = CallContext("status-page", time.monotonic() + REPORT_TIMEOUT_S)
         try:
             if name in self.plane.handles:
-                return model_report(await self.plane.call(ctx, name, "model_stats")), None
+                stats = await self.plane.call(ctx, name, ReplicaMethod.MODEL_STATS)
+                return model_report(stats), None
             return await self._ask_pool(ctx, name), None
         except DeadlineExceeded:
             return None, f"no report within {REPORT_TIMEOUT_S:g} s"
@@ -192,11 +194,11 @@ class FleetView:
 
     async def _ask_pool(self, ctx: CallContext, name: str) -> dict[str, Any]:
         view = self.plane.pools.pools[name]
-        response = view.handle.pool_report.remote()
+        response = ReplicaMethod.POOL_REPORT.of(view.handle).remote()
         report = await self.plane.answer(ctx, name, response, response.cancel)
         listed = None
         if not view.listed_at:  # the ingress has not listed this pool yet: list it for the page
-            response = view.handle.list_models.remote()
+            response = ReplicaMethod.LIST_MODELS.of(view.handle).remote()
             with contextlib.suppress(ServingError):
                 listed = sorted(await self.plane.answer(ctx, name, response, response.cancel))
         return pool_report_of(report, listed)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.replica_api import ReplicaMethod
+
 logger = logging.getLogger("ray.serve")
 
 # A request for an unknown name re-lists the pools at most this often.
@@ -91,7 +93,8 @@ class PoolCatalog:
         self.rebuild()
 
     async def _list(self, pool: PoolView) -> list[str]:
-        return await asyncio.wait_for(pool.handle.list_models.remote(), timeout=LIST_TIMEOUT_S)
+        listing = ReplicaMethod.LIST_MODELS.of(pool.handle).remote()
+        return await asyncio.wait_for(listing, timeout=LIST_TIMEOUT_S)
 
     def rebuild(self) -> None:
         """Names are unique across the fleet: a dedicated model wins over a pool's, and the

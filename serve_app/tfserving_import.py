@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
-from serve_app.config import MODEL_NAME_PATTERN, ConfigError, parse_app_config
+from serve_app.builders import INGRESS_BUILDER, MODEL_BUILDER
+from serve_app.config import ConfigError, parse_app_config
+from serve_app.model_names import MODEL_NAME, MODEL_NAME_PATTERN
 
 TENSORFLOW_PLATFORM = "tensorflow"
 # ${NAME} in base_path: TF Serving's own example config is a template with these.
@@ -94,7 +96,7 @@ def _model(
     entry: Any, index: int, poll_interval_s: float, env: dict[str, str], batching: dict
 ) -> dict[str, Any]:
     where = f"config[{index}] (name '{entry.name}')"
-    if not re.fullmatch(MODEL_NAME_PATTERN, entry.name):
+    if not MODEL_NAME.fullmatch(entry.name):
         raise ImportRefused(
             f"{where}: model names here must match {MODEL_NAME_PATTERN}; renaming it would"
             " change the URLs its clients call, so rename it in TF Serving's config first"
@@ -282,8 +284,7 @@ def render(imported: Imported, source: str, http_port: int = 8000, grpc_port: in
     """A complete serve_config.yaml in the default layout: an ingress application and one
     application per imported model, with TF Serving's gRPC services (and the Open Inference
     Protocol's) on ``grpc_port``."""
-    from serve_app.fleet_file import INGRESS_BUILDER, check_fleet
-    from serve_app.fleet_status import MODEL_BUILDER
+    from serve_app.fleet_file import check_fleet
     from serve_app.grpc.services import SERVICER_FUNCTIONS
 
     header = [f"# Imported from TF Serving's {source} by `serve-app import-tfserving`."]

@@ -32,6 +32,7 @@ from bench.servers.base import (
     v2_extract,
     v2_grpc_endpoint,
 )
+from serve_app.builders import MODEL_BUILDER
 from serve_app.fast_path import FAST_PATH_ENV
 
 CONFIG = "serve_config.yaml"  # relative to the repository root, as `make run` names it
@@ -48,7 +49,7 @@ ONNX_MINILM = "minilm-onnx"
 ONNX_APP: dict[str, Any] = {
     "name": ONNX_MINILM,
     "route_prefix": None,
-    "import_path": "serve_app.app:build_model",
+    "import_path": MODEL_BUILDER,
     "logging_config": {"enable_access_log": False},
     "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}},
     "args": {

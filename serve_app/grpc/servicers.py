@@ -36,6 +36,7 @@ from serve_app.guard import (
 )
 from serve_app.protocols import tfserving_proto as tfs
 from serve_app.protocols import v2, v2_proto
+from serve_app.replica_api import ReplicaMethod
 from serve_app.request import CLASSIFY, REGRESS
 from serve_app.routes.v2 import EXTENSIONS, SERVER_NAME
 
@@ -189,7 +190,7 @@ async def get_model_metadata(plane: DataPlane, body: bytes, grpc_context: Any) -
     async def answer(ctx: CallContext) -> Any:
         target = tfs.decode_metadata_request(body)
         metadata = await plane.call(
-            ctx, target.name, "model_metadata", target.version, target.label
+            ctx, target.name, ReplicaMethod.MODEL_METADATA, target.version, target.label
         )
         return tfs.encode_metadata(target.name, metadata)
 
@@ -199,7 +200,9 @@ async def get_model_metadata(plane: DataPlane, body: bytes, grpc_context: Any) -
 async def get_model_status(plane: DataPlane, body: bytes, grpc_context: Any) -> Any:
     async def answer(ctx: CallContext) -> Any:
         target = tfs.decode_status_request(body)
-        statuses = await plane.call(ctx, target.name, "model_status", target.version, target.label)
+        statuses = await plane.call(
+            ctx, target.name, ReplicaMethod.MODEL_STATUS, target.version, target.label
+        )
         if not statuses:
             raise NotFound(f"model '{target.name}' version {target.version} not found")
         return tfs.encode_status(statuses)
@@ -247,7 +250,7 @@ async def server_metadata(plane: DataPlane, body: bytes, grpc_context: Any) -> A
 async def model_metadata(plane: DataPlane, body: bytes, grpc_context: Any) -> Any:
     async def answer(ctx: CallContext) -> Any:
         name, version = v2_proto.decode_model_request(v2_proto.ModelMetadataRequestProto, body)
-        io = await plane.call(ctx, name, "model_io", version, None)
+        io = await plane.call(ctx, name, ReplicaMethod.MODEL_IO, version, None)
         return v2_proto.encode_metadata(v2.model_metadata(name, io["versions"], io["platform"], io))
 
     return await _serve(plane, "ModelMetadata", grpc_context, body, answer, triton_code)

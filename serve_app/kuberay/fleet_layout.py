@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from serve_app.fleet_file import FLEET_BUILDER, INGRESS_BUILDER, OURS
-from serve_app.fleet_status import MODEL_BUILDER
+from serve_app.builders import FLEET_BUILDER, INGRESS_BUILDER, MODEL_BUILDER, OURS
 
 
 @dataclass(frozen=True)

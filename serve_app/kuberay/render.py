@@ -31,18 +31,18 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serve_app.builders import MODEL_BUILDER, OURS, POOL_BUILDER
 from serve_app.config import (
-    MODEL_NAME_PATTERN,
     ConfigError,
     LabelSelector,
     parse_hot_settings,
     parse_model_app,
     parse_pool_app,
 )
-from serve_app.fleet_file import OURS, check_fleet
-from serve_app.fleet_status import MODEL_BUILDER, POOL_BUILDER
+from serve_app.fleet_file import check_fleet
 from serve_app.kuberay.fleet_layout import FleetLayout, locate
 from serve_app.kuberay.merge_patch import apply_merge_patch
+from serve_app.model_names import MODEL_NAME_PATTERN
 
 OVERRIDES_FILE = "serve-overrides.yaml"
 PATCH_FILE = "serve-config.patch.yaml"

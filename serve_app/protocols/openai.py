@@ -13,11 +13,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from serve_app.errors import InvalidInput, ServingError
+from serve_app.text_tasks import COMPLETION, COMPLETION_TOKENS, FINISH_REASON, PROMPT_TOKENS
 
 MAX_N = 8
 MAX_PROMPTS = 64
 MAX_MESSAGES = 256
-DEFAULT_MAX_TOKENS = 16
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default
 
 
 class _Request(BaseModel):
@@ -32,7 +33,7 @@ class CompletionRequest(_Request):
     """``POST /v1/completions``."""
 
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
-    max_tokens: Annotated[int, Field(ge=1)] = 16
+    max_tokens: Annotated[int, Field(ge=1)] = DEFAULT_MAX_TOKENS
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
@@ -220,10 +221,10 @@ def completion_response(
     model: str, outputs: dict[str, np.ndarray], n: int, include_usage: bool = True
 ) -> dict[str, Any]:
     """A completion from the model's rows: prompt-major, ``n`` rows per prompt."""
-    texts = outputs["_completion"].tolist()
-    reasons = outputs["_finish_reason"].tolist()
-    prompt_tokens = outputs["_prompt_tokens"].tolist()
-    completion_tokens = outputs["_completion_tokens"].tolist()
+    texts = outputs[COMPLETION].tolist()
+    reasons = outputs[FINISH_REASON].tolist()
+    prompt_tokens = outputs[PROMPT_TOKENS].tolist()
+    completion_tokens = outputs[COMPLETION_TOKENS].tolist()
     choices = [
         {"index": i, "text": texts[i], "logprobs": None, "finish_reason": reasons[i]}
         for i in range(len(texts))
@@ -303,9 +304,9 @@ def embedding_response(
 
 def chat_response(model: str, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     """A chat completion from the model's one row."""
-    prompt_tokens = int(outputs["_prompt_tokens"][0])
-    completion_tokens = int(outputs["_completion_tokens"][0])
-    message = {"role": "assistant", "content": str(outputs["_completion"][0])}
+    prompt_tokens = int(outputs[PROMPT_TOKENS][0])
+    completion_tokens = int(outputs[COMPLETION_TOKENS][0])
+    message = {"role": "assistant", "content": str(outputs[COMPLETION][0])}
     return {
         "id": _chat_id(),
         "object": "chat.completion",
@@ -316,7 +317,7 @@ def chat_response(model: str, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
                 "index": 0,
                 "message": message,
                 "logprobs": None,
-                "finish_reason": str(outputs["_finish_reason"][0]),
+                "finish_reason": str(outputs[FINISH_REASON][0]),
             }
         ],
         "usage": usage_counts(prompt_tokens, completion_tokens),

@@ -16,13 +16,22 @@ from serve_app.http import Reply, StreamReply, json_reply
 from serve_app.jsonio import parse_json
 from serve_app.protocols import openai
 from serve_app.request import EMBED, GENERATE, STREAM, PredictRequest
+from serve_app.text_tasks import (
+    COMPLETION_OUTPUTS,
+    EMBEDDINGS,
+    MAX_NEW_TOKENS,
+    MAX_NEW_TOKENS_LIMIT,
+    STREAM_COMPLETION_TOKENS,
+    STREAM_FINISH_REASON,
+    STREAM_PROMPT_TOKENS,
+    STREAM_TEXT,
+    TEXT,
+    TOKEN_COUNT,
+)
 
 logger = logging.getLogger("ray.serve")
 
-COMPLETION_OUTPUTS = ["_completion", "_finish_reason", "_prompt_tokens", "_completion_tokens"]
 _STARTED = int(time.time())
-# The most tokens one completion may ask for (the generation deployment's own bound).
-MAX_TOKENS = 1024
 
 
 async def models(plane: DataPlane) -> Reply:
@@ -33,8 +42,10 @@ async def models(plane: DataPlane) -> Reply:
 async def completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply | StreamReply:
     plane.check_deadline(ctx)
     request = openai.parse(openai.CompletionRequest, parse_json(body))
-    if request.max_tokens > MAX_TOKENS:
-        raise InvalidInput(f"max_tokens must be at most {MAX_TOKENS}, got {request.max_tokens}")
+    if request.max_tokens > MAX_NEW_TOKENS_LIMIT:
+        raise InvalidInput(
+            f"max_tokens must be at most {MAX_NEW_TOKENS_LIMIT}, got {request.max_tokens}"
+        )
     plane.check_instances(len(request.prompts) * request.n)
     await plane.lookup(ctx, request.model, STREAM if request.stream else GENERATE)
     if request.stream:
@@ -42,11 +53,11 @@ async def completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply 
     rows = [prompt for prompt in request.prompts for _ in range(request.n)]
     predict_request = PredictRequest(
         {
-            "text": np.array(rows, dtype=object),
-            "max_new_tokens": np.full(len(rows), request.max_tokens, dtype=np.int32),
+            TEXT: np.array(rows, dtype=object),
+            MAX_NEW_TOKENS: np.full(len(rows), request.max_tokens, dtype=np.int32),
         },
         parameters=request.generation_parameters(),
-        outputs=COMPLETION_OUTPUTS,
+        outputs=list(COMPLETION_OUTPUTS),
     )
     _, outputs = await plane.infer(ctx, request.model, predict_request, GENERATE)
     return json_reply(openai.completion_response(request.model, outputs, request.n))
@@ -56,9 +67,10 @@ async def chat_completions(plane: DataPlane, ctx: CallContext, body: bytes) -> R
     """``POST /v1/chat/completions``: the model renders the messages with its chat template
     (a 400 if it has none) and generates the assistant's answer."""
     request = await plane.decode(ctx, len(body), _chat_request, body)
-    if request.token_budget > MAX_TOKENS:
+    if request.token_budget > MAX_NEW_TOKENS_LIMIT:
         raise InvalidInput(
-            f"max_completion_tokens must be at most {MAX_TOKENS}, got {request.token_budget}"
+            f"max_completion_tokens must be at most {MAX_NEW_TOKENS_LIMIT},"
+            f" got {request.token_budget}"
         )
     await plane.lookup(ctx, request.model, STREAM if request.stream else GENERATE)
     conversation = request.conversation()
@@ -75,11 +87,11 @@ async def chat_completions(plane: DataPlane, ctx: CallContext, body: bytes) -> R
         return StreamReply(_events(openai.ChatStream(request.model, include_usage), first, items))
     predict_request = PredictRequest(
         {
-            "text": np.array([conversation], dtype=object),
-            "max_new_tokens": np.array([request.token_budget], dtype=np.int32),
+            TEXT: np.array([conversation], dtype=object),
+            MAX_NEW_TOKENS: np.array([request.token_budget], dtype=np.int32),
         },
         parameters=request.generation_parameters(),
-        outputs=COMPLETION_OUTPUTS,
+        outputs=list(COMPLETION_OUTPUTS),
     )
     _, outputs = await plane.infer(ctx, request.model, predict_request, GENERATE)
     return json_reply(openai.chat_response(request.model, outputs))
@@ -111,13 +123,13 @@ async def embeddings(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply:
     request = await plane.decode(ctx, len(body), _embedding_request, body)
     plane.check_instances(len(request.texts))
     predict_request = PredictRequest(
-        {"text": np.array(request.texts, dtype=object)},
-        outputs=["embeddings", "_token_count"],
+        {TEXT: np.array(request.texts, dtype=object)},
+        outputs=[EMBEDDINGS, TOKEN_COUNT],
     )
     _, outputs = await plane.infer(ctx, request.model, predict_request, EMBED)
     return json_reply(
         openai.embedding_response(
-            request.model, outputs["embeddings"], outputs["_token_count"], request.encoding_format
+            request.model, outputs[EMBEDDINGS], outputs[TOKEN_COUNT], request.encoding_format
         )
     )
 
@@ -134,12 +146,12 @@ async def _events(
     item: dict[str, Any] | None = first
     try:
         while item is not None:
-            if "text" in item:
-                yield stream.chunk(item["text"])
+            if STREAM_TEXT in item:
+                yield stream.chunk(item[STREAM_TEXT])
             else:
-                yield stream.chunk("", item["finish_reason"])
+                yield stream.chunk("", item[STREAM_FINISH_REASON])
                 if stream.include_usage:
-                    yield stream.usage(item["prompt_tokens"], item["completion_tokens"])
+                    yield stream.usage(item[STREAM_PROMPT_TOKENS], item[STREAM_COMPLETION_TOKENS])
             item = await anext(items, None)
     except ServingError as exc:
         yield stream.error(exc)

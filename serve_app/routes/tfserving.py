@@ -9,6 +9,7 @@ from serve_app.errors import NotFound
 from serve_app.http import Reply, json_reply
 from serve_app.jsonio import parse_json
 from serve_app.protocols import tfserving
+from serve_app.replica_api import ReplicaMethod
 from serve_app.request import CLASSIFY, JSON_ROWS, PREDICT, REGRESS, PredictRequest
 
 
@@ -38,13 +39,17 @@ async def get(plane: DataPlane, ctx: CallContext, path: str) -> Reply:
     """Model status, or ``.../metadata``."""
     route = tfserving.parse_model_path(path)
     if route.action == "status":
-        statuses = await plane.call(ctx, route.name, "model_status", route.version, route.label)
+        statuses = await plane.call(
+            ctx, route.name, ReplicaMethod.MODEL_STATUS, route.version, route.label
+        )
         if not statuses:
             raise NotFound(f"model '{route.name}' version {route.version} not found")
         return json_reply({"model_version_status": statuses})
     if route.action == "metadata":
         return json_reply(
-            await plane.call(ctx, route.name, "model_metadata", route.version, route.label)
+            await plane.call(
+                ctx, route.name, ReplicaMethod.MODEL_METADATA, route.version, route.label
+            )
         )
     raise NotFound(f"/v1/models/{path} answers POST, not GET")
 

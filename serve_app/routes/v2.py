@@ -12,6 +12,7 @@ from serve_app.dataplane import CallContext, DataPlane
 from serve_app.errors import InvalidInput, NotFound
 from serve_app.http import Reply, json_reply
 from serve_app.protocols import v2
+from serve_app.replica_api import ReplicaMethod
 from serve_app.request import MAX_VERSION_DIGITS
 
 SERVER_NAME = "serve-app"
@@ -34,13 +35,13 @@ async def ready(plane: DataPlane, ctx: CallContext | None = None) -> Reply:
 
 async def model_stats(plane: DataPlane, ctx: CallContext, name: str) -> Reply:
     """Batching statistics of one replica (Triton's statistics extension shape)."""
-    return json_reply(await plane.call(ctx, name, "model_stats"))
+    return json_reply(await plane.call(ctx, name, ReplicaMethod.MODEL_STATS))
 
 
 async def model_metadata(
     plane: DataPlane, ctx: CallContext, name: str, version: int | None, label: str | None = None
 ) -> Reply:
-    io = await plane.call(ctx, name, "model_io", version, label)
+    io = await plane.call(ctx, name, ReplicaMethod.MODEL_IO, version, label)
     return json_reply(v2.model_metadata(name, io["versions"], io["platform"], io))
 
 

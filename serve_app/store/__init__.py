@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
-from serve_app.config import MODEL_NAME_PATTERN, StoreSpec
+from serve_app.config import StoreSpec
 from serve_app.errors import ModelLoadError
+from serve_app.model_names import MAX_MODEL_NAME_CHARS, MODEL_NAME
 from serve_app.store.base import ModelStore, select_versions
 from serve_app.store.local import LocalStore
 
@@ -50,9 +49,6 @@ def store_notice(store: ModelStore, version: int | None = None) -> str:
     return getattr(store, "notice", "") or ""
 
 
-_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
-
-
 def list_pool_models(uri: str, settings: StoreSpec | None = None) -> list[str]:
     """The models of a pool: the subdirectories of ``uri`` named like models, sorted.
 
@@ -60,4 +56,6 @@ def list_pool_models(uri: str, settings: StoreSpec | None = None) -> list[str]:
     never becomes a model, and so a path, unchecked.
     """
     names = open_store(uri, settings).subdirectories()
-    return sorted(name for name in names if _MODEL_NAME.fullmatch(name) and len(name) <= 63)
+    return sorted(
+        name for name in names if MODEL_NAME.fullmatch(name) and len(name) <= MAX_MODEL_NAME_CHARS
+    )

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from serve_app.builders import FLEET_BUILDER, INGRESS_BUILDER, MODEL_BUILDER, POOL_BUILDER
 from serve_app.config import (
     IngressSpec,
     ModelSpec,
@@ -17,8 +18,6 @@ from serve_app.config import (
     parse_model_app,
     parse_pool_app,
 )
-from serve_app.fleet_file import FLEET_BUILDER, INGRESS_BUILDER
-from serve_app.fleet_status import MODEL_BUILDER, POOL_BUILDER
 
 
 @dataclass
