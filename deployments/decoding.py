@@ -16,9 +16,11 @@ transformers' own continuous batching (``generate_batch``, ``init_continuous_bat
 not used: one manager samples all its requests one way (``do_sample`` is per manager) from
 torch's global generator, so per-request seeds and greedy-beside-sampled cannot be served.
 
-Scheduling state lives on the replica's event loop; the tensor work (prefill, one decoding
-step) runs on the inference thread, one call at a time, between which the loop admits and
-drops requests.
+Scheduling state lives on the replica's event loop. Decoding steps run on the inference
+thread, one at a time; a joining request's prefill runs on a thread of its own beside the
+step in progress (when steps are long enough for that to pay), so its first token does not
+wait for the step, and its row joins at the next one. The loop admits requests when they
+come, when a prefill ends and between steps, and drops finished ones between steps.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class Sequence:
     cancelled: bool = False
     # New tokens, one list per step; None once the sequence ended.
     tokens: asyncio.Queue = field(default_factory=asyncio.Queue)
-    generator: Any = None  # its torch.Generator, made on the inference thread
+    generator: Any = None  # its torch.Generator, made by its prefill
     sent: int = 0  # tokens put on ``tokens`` so far
     ended: bool = False  # its follower was told it ended
 
