@@ -49,7 +49,7 @@ format: $(VENV)/.installed-test
 clean:
 	rm -rf $(VENV) model_repository .pytest_cache
 
-# The comparison with peers (bench/README.md): `make bench-setup` once (wrk, a venv per peer
+# The comparison with peers (bench/README.md): `make bench-setup` once (wrk, h2load, a venv per peer
 # under bench/.venvs), then `make bench-compare`; e.g. a smoke run:
 #   make bench-compare BENCH_ARGS="--duration 3 --concurrency 1 16"
 BENCH_ARGS ?=

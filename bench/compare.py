@@ -9,11 +9,13 @@ For each model: the in-process limit (``bench.inprocess``, in a child process), 
 server in turn, alone on the machine: start it, wait until a real request answers 200 with
 the reference output, and for each of its HTTP endpoints and each concurrency C run wrk
 closed loop with C connections (a warm-up run, then the measured run), counting the CPU of
-the server's whole process tree. Servers with an Open Inference Protocol gRPC endpoint (this
-service and Triton) are then loaded over gRPC too (``bench.grpc_load``, at c = 1 and 64 by
-default), their answers checked the same way. Then stop it (SIGINT, then SIGTERM/SIGKILL to
-what is left of its tree) and check its ports are free. Writes ``compare.json``,
-``compare.md`` and ``compare_<model>.png`` (``bench.report``).
+the server's whole process tree. Servers with a gRPC endpoint (V2 ``ModelInfer`` for this
+service and Triton, TF Serving ``Predict`` too for this service's digits) are then loaded
+over gRPC too (``bench.grpc_load``: h2load by default, ``--grpc-load python`` for the
+grpc.aio generator; at c = 1 and 64 by default), their answers checked the same way.
+Then stop it (SIGINT, then SIGTERM/SIGKILL to what is left of its tree) and check its
+ports are free. Writes ``compare.json``, ``compare.md`` and ``compare_<model>.png``
+(``bench.report``).
 """
 
 from __future__ import annotations
@@ -121,8 +123,8 @@ def check_grpc_answer(
     server: Server, endpoint: GrpcEndpoint, reference: list[float], timeout_s: float = 30.0
 ) -> dict[str, Any]:
     """One gRPC call (retried while the port is not yet serving): is it OK, with an output
-    that matches the in-process reference? The answer is decoded with tritonclient's
-    classes here, never in the load generator."""
+    that matches the in-process reference? The answer is decoded with tritonclient's or TF
+    Serving's classes here, never in the load generator."""
     deadline = time.monotonic() + GRPC_READY_S
     with grpc.insecure_channel(server.grpc_target()) as channel:
         call = channel.unary_unary(
@@ -142,7 +144,8 @@ def check_grpc_answer(
                     "ok": False,
                     "error": f"{code.name}: {error.details()}",
                 }
-    result: dict[str, Any] = {"status": "OK"}
+    # The answer's length lets h2load's run tell answers from gRPC errors (no message).
+    result: dict[str, Any] = {"status": "OK", "answer_bytes": len(raw)}
     try:
         row = endpoint.extract(raw)
     except (DecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
@@ -213,10 +216,20 @@ def measure_idle(proc: ServerProcess, seconds: float) -> dict[str, Any]:
 Load = Callable[[int, float], dict[str, Any]]  # (concurrency, seconds) -> one run's result
 
 
-def load_for(server: Server, endpoint: Endpoint | GrpcEndpoint, args: argparse.Namespace) -> Load:
-    """The closed-loop load of an endpoint: wrk for HTTP, ``bench.grpc_load`` for gRPC."""
+def load_for(
+    server: Server,
+    endpoint: Endpoint | GrpcEndpoint,
+    args: argparse.Namespace,
+    answer_bytes: int | None = None,
+) -> Load:
+    """The closed-loop load of an endpoint: wrk for HTTP; for gRPC, ``--grpc-load``'s
+    generator (h2load, told the checked answer's length, or grpc.aio)."""
     if isinstance(endpoint, GrpcEndpoint):
         call = grpc_load.Request(server.grpc_target(), endpoint.method, endpoint.body())
+        if args.grpc_load == "h2load":
+            return lambda c, seconds: grpc_load.run_h2load(
+                call, c, seconds, args.grpc_channels, answer_bytes
+            )
         return lambda c, seconds: grpc_load.run(call, c, seconds, args.grpc_channels)
     request = loadgen.Request(server.url(endpoint), endpoint.body_text())
     return lambda c, seconds: loadgen.run(request, c, seconds, args.wrk_threads)
@@ -236,10 +249,11 @@ def measure_endpoint(
     proc: ServerProcess,
     endpoint: Endpoint | GrpcEndpoint,
     args: argparse.Namespace,
+    answer_bytes: int | None = None,
 ) -> list[dict[str, Any]]:
     """Warm-up + measured run at each concurrency (HTTP: ``--concurrency``, gRPC:
     ``--grpc-concurrency``), with the tree's CPU."""
-    load = load_for(server, endpoint, args)
+    load = load_for(server, endpoint, args, answer_bytes)
     grpc_endpoint = isinstance(endpoint, GrpcEndpoint)
     points = []
     for connections in args.grpc_concurrency if grpc_endpoint else args.concurrency:
@@ -311,7 +325,8 @@ def run_server(
                     check = check_answer(server, endpoint, reference)
                 entry: dict[str, Any] = {"protocol": endpoint.protocol, "check": check}
                 if check["ok"]:
-                    entry["points"] = measure_endpoint(server, proc, endpoint, args)
+                    answer_bytes = check.get("answer_bytes")
+                    entry["points"] = measure_endpoint(server, proc, endpoint, args, answer_bytes)
                 else:
                     log(f"  {endpoint.label}: wrong answer: {check.get('error')}")
                 result["endpoints"][endpoint.label] = entry
@@ -428,9 +443,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="*",
         type=int,
         default=[1, 64],
-        help="V2 gRPC points (this service and Triton); none: no gRPC points",
+        help="gRPC points (this service and Triton); none: no gRPC points",
     )
     parser.add_argument("--grpc-channels", type=int, default=1, help="HTTP/2 connections")
+    parser.add_argument(
+        "--grpc-load",
+        choices=grpc_load.GENERATORS,
+        help="gRPC load generator (default: h2load, or python where h2load is missing)",
+    )
     parser.add_argument("--duration", type=float, default=15.0, help="measured s per point")
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up s before each point")
     parser.add_argument("--idle", type=float, default=3.0, help="s of idle CPU measured per server")
@@ -445,6 +465,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--concurrency must be >= 1 and --duration > 0")
     if args.grpc_channels < 1:
         parser.error("--grpc-channels must be >= 1")
+    if args.grpc_load is None:
+        args.grpc_load = "h2load"
+        if grpc_load.h2load_path() is None:
+            args.grpc_load = "python"
+            log("h2load is not installed (make bench-setup): gRPC points use --grpc-load python")
+    elif args.grpc_load == "h2load" and grpc_load.h2load_path() is None:
+        parser.error("--grpc-load h2load: h2load is missing (apt-get install nghttp2-client)")
+    if args.grpc_load == "h2load":
+        try:
+            for c in args.grpc_concurrency:
+                grpc_load.streams_per_connection(c, args.grpc_channels)
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
 
 
@@ -468,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
             "concurrency": args.concurrency,
             "grpc_concurrency": args.grpc_concurrency,
             "grpc_channels": args.grpc_channels,
-            "grpc_load": "bench.grpc_load (grpc.aio, closed loop, raw bytes)",
+            "grpc_load": grpc_load.describe(args.grpc_load),
+            "grpc_generator": args.grpc_load,
             "wrk_threads": args.wrk_threads,
             "wrk": loadgen.wrk_version(),
             "wrk_timeout_s": loadgen.WRK_TIMEOUT_S,

@@ -20,6 +20,7 @@ SMOKE_BELOW_S = 10.0  # a run shorter than this per point is labelled a smoke ru
 OURS_COLOUR = "#d62728"
 PEER_COLOUR = "#8c8c8c"
 Row = tuple[str, str, dict[str, Any]]  # (endpoint label, protocol, point)
+GRPC_PROTOCOLS = ("v2-grpc", "tfserving-grpc")  # hatched in the plot
 
 
 def rows(model_result: dict[str, Any]) -> list[Row]:
@@ -30,6 +31,11 @@ def rows(model_result: dict[str, Any]) -> list[Row]:
             for point in entry.get("points", []):
                 out.append((label, entry["protocol"], point))
     return out
+
+
+def is_grpc(protocol: str) -> bool:
+    """Whether an endpoint's protocol is a gRPC one (``v2-grpc``, ``tfserving-grpc``)."""
+    return protocol in GRPC_PROTOCOLS
 
 
 def all_ok(results: dict[str, Any]) -> bool:
@@ -194,9 +200,10 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if s.get("grpc_concurrency"):
         lines += [
-            f"gRPC points (protocol `v2-grpc`, C = {', '.join(map(str, s['grpc_concurrency']))}):"
-            f" {s.get('grpc_load', 'bench.grpc_load')}, exactly C concurrent callers over"
-            f" {s.get('grpc_channels', 1)} HTTP/2 connection(s), `ModelInfer` with raw tensors.",
+            f"gRPC points (C = {', '.join(map(str, s['grpc_concurrency']))}; protocol `v2-grpc`:"
+            " `ModelInfer` with raw tensors, `tfserving-grpc`: TF Serving's `Predict`), loaded"
+            f" by {s.get('grpc_load', 'bench.grpc_load')}: exactly C concurrent calls over"
+            f" {s.get('grpc_channels', 1)} HTTP/2 connection(s).",
             "",
         ]
     for model, model_result in results["models"].items():
@@ -263,7 +270,7 @@ def plot(model: str, model_result: dict[str, Any], path: Path, footnote: str) ->
     fig, ax = plt.subplots(figsize=(max(9.0, 1.0 * len(bars) + 5), 5.5))
     xs = range(len(bars))
     colours = [OURS_COLOUR if server == OURS else PEER_COLOUR for server, *_ in bars]
-    hatches = ["//" if protocol.endswith("grpc") else "" for _, _, protocol, _ in bars]
+    hatches = ["//" if is_grpc(protocol) else "" for _, _, protocol, _ in bars]
     drawn = ax.bar(xs, values, color=colours, hatch=hatches, edgecolor="black", linewidth=0.5)
     for bar, value, (_, _, _, rps) in zip(drawn, values, bars):
         text = f"{value:.2f}x\n{rps:,.0f}/s" if best else f"{rps:,.0f}/s"
@@ -284,7 +291,12 @@ def plot(model: str, model_result: dict[str, Any], path: Path, footnote: str) ->
     handles = [
         Patch(facecolor=OURS_COLOUR, edgecolor="black", label=f"this service ({OURS})"),
         Patch(facecolor=PEER_COLOUR, edgecolor="black", label="other servers"),
-        Patch(facecolor="white", edgecolor="black", hatch="//", label="gRPC (V2 ModelInfer)"),
+        Patch(
+            facecolor="white",
+            edgecolor="black",
+            hatch="//",
+            label="gRPC (V2 ModelInfer, TF Serving Predict)",
+        ),
     ]
     if best:
         line = ax.axhline(1.0, color="black", linestyle="--", linewidth=1)

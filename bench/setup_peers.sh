@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up the comparison (python -m bench.compare): wrk, the bench extra in .venv, and one
-# virtual environment per peer server under bench/.venvs/<peer>, so the peers' pins never
-# touch the project's .venv. Idempotent: a venv whose package list is unchanged is kept.
+# Set up the comparison (python -m bench.compare): wrk and h2load, the bench extra in .venv,
+# and one virtual environment per peer server under bench/.venvs/<peer>, so the peers' pins
+# never touch the project's .venv. Idempotent: a venv whose package list is unchanged is kept.
 #
 #   bash bench/setup_peers.sh            # or: make bench-setup
 #   bash bench/setup_peers.sh --force    # rebuild every peer venv
@@ -25,18 +25,26 @@ if [[ ! -x "$MAIN/bin/python" ]]; then
   exit 1
 fi
 
-# 1. wrk, the load generator (Debian package).
-if ! command -v wrk >/dev/null; then
+# 1. The load generators (Debian packages): wrk for HTTP, h2load (nghttp2-client) for gRPC.
+# apt_install COMMAND PACKAGE: install PACKAGE unless COMMAND is already on PATH.
+apt_install() {
+  local command="$1" package="$2"
+  if command -v "$command" >/dev/null; then
+    return
+  fi
   if [[ "$(id -u)" == 0 ]]; then
-    apt-get update -qq && apt-get install -y -qq wrk
+    apt-get update -qq && apt-get install -y -qq "$package"
   elif command -v sudo >/dev/null; then
-    sudo apt-get update -qq && sudo apt-get install -y -qq wrk
+    sudo apt-get update -qq && sudo apt-get install -y -qq "$package"
   else
-    echo "setup_peers: wrk is missing and this user cannot apt-get install it" >&2
+    echo "setup_peers: $command is missing and this user cannot apt-get install $package" >&2
     exit 1
   fi
-fi
+}
+apt_install wrk wrk
 { wrk --version 2>&1 || true; } | head -n 1
+apt_install h2load nghttp2-client
+{ h2load --version 2>&1 || true; } | head -n 1
 
 # 2. The orchestrator's own needs in .venv: the project's bench extra (matplotlib, psutil).
 if ! "$MAIN/bin/python" -c "import matplotlib, psutil" 2>/dev/null; then

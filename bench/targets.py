@@ -2,8 +2,8 @@
 
 Pure: it reads what ``bench.compare`` wrote (``compare.json``), so ``bench.report`` can redraw
 the table from a saved run. Where this service has several endpoints (V2 JSON, its native
-protocol, V2 gRPC), a target is judged on its best one, and every endpoint's value is listed
-beside it.
+protocol, V2 gRPC, TF Serving gRPC for digits), a target is judged on its best one, and every
+endpoint's value is listed beside it.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ VENVS = REPO_ROOT / "bench" / ".venvs"
 
 Extract = Callable[[Any], list[float]]
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+GRPC_PREDICT = "/tensorflow.serving.PredictionService/Predict"
+# The gRPC call of each kind of endpoint: V2 (Open Inference Protocol) or TF Serving.
+GRPC_METHODS = {"v2": GRPC_INFER, "tfserving": GRPC_PREDICT}
 
 
 @dataclass(frozen=True)
@@ -54,35 +57,50 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class GrpcEndpoint:
-    """An Open Inference Protocol gRPC ``ModelInfer`` call with raw tensors, as
-    ``tritonclient.grpc`` sends it: a row of the results (``label``) with its exact message."""
+    """A unary gRPC call with one instance, as the protocol's own Python client sends it: a
+    row of the results (``label``) with its exact message. ``kind`` ``v2``: an Open Inference
+    Protocol ``ModelInfer`` with raw tensors (``tritonclient.grpc``); ``tfserving``: a TF
+    Serving ``Predict`` (``tf.make_tensor_proto``, the default signature)."""
 
     label: str
     protocol: str
     model: str
     inputs: dict[str, np.ndarray]  # input name -> the one-instance tensor
     output: str  # the output whose first row is compared with the reference
-    method: str = GRPC_INFER
+    kind: str = "v2"
+
+    @property
+    def method(self) -> str:
+        """The gRPC method, ``/package.Service/Method``."""
+        return GRPC_METHODS[self.kind]
 
     def body(self) -> bytes:
-        """The serialized ``ModelInferRequest`` (built by ``bench.grpc_load``)."""
-        from bench.grpc_load import infer_request
+        """The serialized request (built by ``bench.grpc_load``)."""
+        from bench.grpc_load import infer_request, predict_request
 
+        if self.kind == "tfserving":
+            return predict_request(self.model, self.inputs)
         return infer_request(self.model, self.inputs)
 
     def extract(self, raw: bytes) -> list[float]:
-        """The output's first row from a serialized ``ModelInferResponse`` (tritonclient's
-        classes decode both typed and raw contents)."""
-        import tritonclient.grpc as triton
-
-        response = triton.service_pb2.ModelInferResponse.FromString(raw)
-        array = triton.InferResult(response).as_numpy(self.output)
-        if array is None:
-            raise KeyError(f"no output {self.output!r} in {[o.name for o in response.outputs]}")
+        """The output's first row from the serialized answer: a ``ModelInferResponse``
+        (tritonclient's classes decode both typed and raw contents) or a
+        ``PredictResponse`` (``tf.make_ndarray``)."""
+        if self.kind == "tfserving":
+            array = _predict_output(raw, self.output)
+        else:
+            array = _infer_output(raw, self.output)
         return [float(x) for x in np.asarray(array).reshape(-1)[: OUTPUT_WIDTH[self.model]]]
 
     def describe(self) -> dict[str, Any]:
         """The message as recorded in the results: model and each input's name, type, shape."""
+        if self.kind == "tfserving":
+            inputs = [
+                {"name": name, "dtype": _tf_dtype(array.dtype), "shape": list(array.shape)}
+                for name, array in self.inputs.items()
+            ]
+            contents = "tensor_content"  # make_tensor_proto's, for a numeric numpy array
+            return {"model_spec": {"name": self.model}, "inputs": inputs, "contents": contents}
         from tritonclient.utils import np_to_triton_dtype
 
         inputs = [
@@ -90,6 +108,34 @@ class GrpcEndpoint:
             for name, array in self.inputs.items()
         ]
         return {"model_name": self.model, "inputs": inputs, "contents": "raw_input_contents"}
+
+
+def _infer_output(raw: bytes, output: str) -> np.ndarray:
+    import tritonclient.grpc as triton
+
+    response = triton.service_pb2.ModelInferResponse.FromString(raw)
+    array = triton.InferResult(response).as_numpy(output)
+    if array is None:
+        raise KeyError(f"no output {output!r} in {[o.name for o in response.outputs]}")
+    return array
+
+
+def _predict_output(raw: bytes, output: str) -> np.ndarray:
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    response = predict_pb2.PredictResponse.FromString(raw)
+    if output not in response.outputs:
+        raise KeyError(f"no output {output!r} in {list(response.outputs)}")
+    return tf.make_ndarray(response.outputs[output])
+
+
+def _tf_dtype(dtype: np.dtype) -> str:
+    """A numpy dtype's TensorFlow ``DataType`` name (``DT_FLOAT``), as the results record it."""
+    import tensorflow as tf
+    from tensorflow.core.framework import types_pb2
+
+    return types_pb2.DataType.Name(tf.as_dtype(dtype).as_datatype_enum)
 
 
 class Server:
@@ -221,6 +267,17 @@ def v2_grpc_endpoint(label: str, model: str, text_shape: tuple[int, ...] = (1,))
     else:
         tensor = np.asarray([SENTENCE.encode()], dtype=object).reshape(text_shape)
     return GrpcEndpoint(label, "v2-grpc", model, {INPUT_NAMES[model]: tensor}, OUTPUT_NAMES[model])
+
+
+def tfserving_grpc_endpoint(label: str, model: str) -> GrpcEndpoint:
+    """One digits instance as a TF Serving gRPC ``Predict``: ``pixels`` float32 ``[1, 64]``.
+    The answer's outputs are keyed by the model's output names (``encode_predict``), for the
+    Keras digits model its output layer's: ``probabilities`` (``serve_app/examples.py``)."""
+    if kind(model) != "digits":
+        raise ValueError(f"no TF Serving Predict endpoint for {model}: digits only")
+    tensor = np.asarray([DIGIT_ROW], dtype=np.float32)
+    inputs = {INPUT_NAMES[model]: tensor}
+    return GrpcEndpoint(label, "tfserving-grpc", model, inputs, OUTPUT_NAMES[model], "tfserving")
 
 
 def instance(model: str) -> Any:

@@ -28,6 +28,7 @@ from bench.servers.base import (
     Server,
     instance,
     key_extract,
+    tfserving_grpc_endpoint,
     v2_body,
     v2_extract,
     v2_grpc_endpoint,
@@ -190,8 +191,12 @@ class ServeApp(Server):
         return [v2, native]
 
     def grpc_endpoints(self, model: str) -> list[GrpcEndpoint]:
-        """V2 gRPC ``ModelInfer``, the text input of shape ``[1]`` (as over REST)."""
-        return [v2_grpc_endpoint(f"{self.name} (grpc)", model)]
+        """V2 gRPC ``ModelInfer``, the text input of shape ``[1]`` (as over REST); for
+        digits also TF Serving's ``Predict``, the model's native gRPC (as over REST)."""
+        endpoints = [v2_grpc_endpoint(f"{self.name} (grpc)", model)]
+        if kind(model) == "digits":
+            endpoints.append(tfserving_grpc_endpoint(f"{self.name} (tfserving grpc)", model))
+        return endpoints
 
     def settings(self, model: str) -> dict[str, Any]:
         """The config file as run, and the model's batching from it."""

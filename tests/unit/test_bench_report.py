@@ -170,3 +170,44 @@ def test_report_writes_markdown_and_a_plot_per_model(tmp_path: Path) -> None:
     level, bars = report.bars_at(results()["models"]["digits"])
     assert level == 64 and ("serve-app", "serve-app (grpc)", "v2-grpc", 600) in bars
     assert "Test CPU, 2 cores" in report.machine_line(results())
+
+
+def test_tfserving_grpc_points_render_beside_v2_grpc(tmp_path: Path) -> None:
+    run = results()
+    run["settings"].update(
+        grpc_concurrency=[1, 64],
+        grpc_channels=1,
+        grpc_load="h2load nghttp2/1.52.0 (closed loop: C concurrent streams)",
+    )
+    ours = run["models"]["digits"]["servers"][0]
+    ours["endpoints"]["serve-app (tfserving grpc)"] = {
+        "protocol": "tfserving-grpc",
+        "check": {"ok": True},
+        "points": [point(1, 55, 5.0), point(64, 550, cpu_ms=1.8)],
+    }
+    ours["requests"]["serve-app (tfserving grpc)"] = {
+        "protocol": "tfserving-grpc",
+        "target": "127.0.0.1:9000",
+        "method": "/tensorflow.serving.PredictionService/Predict",
+        "message": {"model_spec": {"name": "digits"}},
+        "body_bytes": 295,
+    }
+    text = report.markdown(run)
+    assert "loaded by h2load nghttp2/1.52.0 (closed loop" in text
+    assert "`tfserving-grpc`: TF Serving's `Predict`" in text
+    assert "| serve-app (tfserving grpc) | tfserving-grpc | 64 | 550.0 |" in text
+    assert "`/tensorflow.serving.PredictionService/Predict`" in text
+    level, bars = report.bars_at(run["models"]["digits"])
+    assert level == 64
+    assert ("serve-app", "serve-app (tfserving grpc)", "tfserving-grpc", 550) in bars
+    assert [report.is_grpc(protocol) for *_, protocol, _ in bars] == [
+        False,
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
+    out = tmp_path / "compare.json"
+    assert report.write(run, out)[1].read_bytes()[:4] == b"\x89PNG"
