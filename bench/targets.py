@@ -1,4 +1,5 @@
-"""Issue 14's targets, computed from one comparison run (a model's results in, rows out).
+"""Issue 14's targets, and issue 22's gRPC targets, computed from one comparison run (a
+model's results in, rows out).
 
 Pure: it reads what ``bench.compare`` wrote (``compare.json``), so ``bench.report`` can redraw
 the table from a saved run. Where this service has several endpoints (V2 JSON, its native
@@ -20,6 +21,13 @@ AT_C = 64  # throughput and serving CPU are judged at this concurrency
 P50_OVER_INPROCESS_MS = {"digits": 3.0, "minilm": 5.0}
 SERVING_CPU_MS = 1.0
 IDLE_CORES = 0.05
+# Issue 22: each gRPC call of this service against the same call over REST, same run.
+GRPC_VS_REST = (
+    ("V2", "serve-app (grpc)", "serve-app"),
+    ("TF Serving", "serve-app (tfserving grpc)", "serve-app (tfserving)"),
+)
+GRPC_RPS_RATIO = 0.9
+GRPC_P50_OVER_REST_MS = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,8 +98,53 @@ def _ratio_to(
     return Target(name, measured, bound, True, "x", f"{who} = {label} {best:,.1f} req/s; {detail}")
 
 
+def _point(model_result: dict[str, Any], label: str, c: int) -> dict[str, Any] | None:
+    """This service's OK point of endpoint ``label`` at ``c``, if measured."""
+    return next((p for found, p in points_at(model_result, (OURS,), c) if found == label), None)
+
+
+def grpc_targets(model_result: dict[str, Any]) -> list[Target]:
+    """Issue 22: gRPC at HTTP's speed. Per protocol, c=64 throughput over REST's (>= 0.9x)
+    and c=1 p50 minus REST's (<= 0.5 ms), from the same run."""
+    targets = []
+    for protocol, grpc_label, rest_label in GRPC_VS_REST:
+        fast = (_point(model_result, grpc_label, AT_C), _point(model_result, rest_label, AT_C))
+        measured, detail = None, f"{grpc_label} or {rest_label} not measured at c={AT_C}"
+        if None not in fast:
+            measured = fast[0]["rps"] / fast[1]["rps"]
+            detail = f"{fast[0]['rps']:,.1f} vs {fast[1]['rps']:,.1f} req/s"
+        targets.append(
+            Target(
+                f"{protocol} gRPC c={AT_C} throughput / REST",
+                measured,
+                GRPC_RPS_RATIO,
+                True,
+                "x",
+                detail,
+            )
+        )
+        one = (_point(model_result, grpc_label, 1), _point(model_result, rest_label, 1))
+        measured, detail = None, f"{grpc_label} or {rest_label} not measured at c=1"
+        if None not in one:
+            grpc_p50, rest_p50 = one[0]["latency_ms"]["p50"], one[1]["latency_ms"]["p50"]
+            measured = grpc_p50 - rest_p50
+            detail = f"p50 {grpc_p50:.2f} vs {rest_p50:.2f} ms"
+        targets.append(
+            Target(
+                f"{protocol} gRPC c=1 p50 minus REST",
+                measured,
+                GRPC_P50_OVER_REST_MS,
+                False,
+                "ms",
+                detail,
+            )
+        )
+    return targets
+
+
 def evaluate(model: str, model_result: dict[str, Any]) -> list[Target]:
-    """Issue 14's targets for ``model``, each with the value this run measured."""
+    """Issue 14's targets for ``model`` (and issue 22's gRPC ones for digits), each with the
+    value this run measured."""
     limit = model_result["in_process"]
     targets: list[Target] = []
     if model == "minilm":
@@ -113,6 +166,7 @@ def evaluate(model: str, model_result: dict[str, Any]) -> list[Target]:
     if model == "digits":
         targets.append(_ratio_to(model_result, PYTHON_PEERS, "best Python peer", 1.2))
         targets.append(_ratio_to(model_result, (TRITON,), "Triton", None))
+        targets += grpc_targets(model_result)
     one_row = limit.get("batch1_p50_ms")
     if model in P50_OVER_INPROCESS_MS:
         measured, detail = (None, "no in-process one-row p50")

@@ -1,14 +1,19 @@
 """The data plane: transport-neutral operations on the fleet's models.
 
-Every transport (REST routes, gRPC servicers) calls these with a ``CallContext`` (request
-id, deadline, the model it concerns) and gets Python values or a ``ServingError`` back. Model
-lookup (404), readiness (503), limits (413), deadlines (504), overload (503/429) and the
-per-model coalescing of concurrent inference requests live here, once.
+Every transport (REST routes, gRPC methods) opens a ``Call`` here (``open_call``: auth,
+deadline, body bytes, metrics, access log; ``serve_app/call.py``), looks the model up once
+(``lookup``: 404, 503; a ``ServedModel`` that says what the model can do) and calls these
+with the call's ``CallContext``, getting Python values or a ``ServingError`` back. Limits
+(413), deadlines (504), overload (503/429) and the per-model coalescing of concurrent
+inference requests live here, once. Every kind of model call is awaited one way
+(``_wait``): until its answer, the deadline (504), or the model found failed meanwhile
+(503, ``fail_model``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
@@ -22,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import limits
 from serve_app.builders import MODEL_BUILDER
+from serve_app.call import Call, CallContext
 from serve_app.coalesce import Coalescer, OverloadAnswer, call_error
 from serve_app.config import (
     ConfigError,
@@ -38,7 +44,7 @@ from serve_app.errors import (
     ServingError,
 )
 from serve_app.fleet_status import FleetStatus, FoundApp
-from serve_app.guard import CallContext, Settings
+from serve_app.guard import Settings
 from serve_app.limits import BodyBudget
 from serve_app.model_names import MODEL_NAME, MODEL_NAME_PATTERN
 from serve_app.pool_catalog import MISS_REFRESH_S, PoolCatalog, PoolView
@@ -94,6 +100,26 @@ class ModelRoute:
         )
 
 
+# What the ingress knows of a model it has no route for (a pool's model whose pool's route
+# is gone): nothing it can do but be asked.
+UNKNOWN_ROUTE = ModelRoute("other", frozenset())
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model as one request finds it (``DataPlane.lookup``): its name, the handle that
+    reaches it, what it can do, and the deployment that serves it."""
+
+    name: str
+    handle: DeploymentHandle
+    route: ModelRoute
+    deployment: str
+
+    def can(self, need: str | None) -> bool:
+        """Whether the model has the capability ``need`` (None: any model)."""
+        return need is None or need in self.route.capabilities
+
+
 # The kinds of model that can do a capability, for the 404 of a model that cannot.
 NEEDS = {
     EMBED: ("feature-extraction",),
@@ -135,16 +161,23 @@ class DataPlane:
         self._discovered: dict[str, DeploymentHandle] = {}
         # Request bodies held by this ingress replica, whichever transport read them.
         self.bodies = BodyBudget(settings.max_buffered_bytes, settings.retry_after_s)
+        # Model calls other than coalesced inference awaited now, per deployment: the fleet
+        # watcher looks at a model that keeps them waiting, and fails them if it failed.
+        self._awaited: dict[str, dict[asyncio.Future, float]] = {}
+
+    # --- calls -----------------------------------------------------------------------------
+
+    def open_call(self, what: str, request_id: str) -> Call:
+        """A call's scope (``serve_app/call.py``); the transport closes it when answered."""
+        return Call(self.settings, self.bodies, what, request_id)
 
     # --- lookup ----------------------------------------------------------------------------
 
-    async def lookup(
-        self, ctx: CallContext, name: str, need: str | None = None
-    ) -> DeploymentHandle:
-        """The handle of a model that can answer now: 404 if unknown (or if it cannot do
-        ``need``, a capability), 503 if it failed.
+    async def lookup(self, ctx: CallContext, name: str, need: str | None = None) -> ServedModel:
+        """A model that can answer now: 404 if unknown (or if it cannot do ``need``, a
+        capability), 503 if it failed.
 
-        A dedicated model's handle, or for a pool's model a handle that routes by its name
+        Its handle is a dedicated model's, or for a pool's model one that routes by its name
         to the pool replicas holding it.
         """
         if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
@@ -175,8 +208,9 @@ class DataPlane:
             raise NotFound(f"model '{name}'{what} not found (known models: {shown})")
         # Served names only: a metric label per invented name would grow without bound.
         ctx.model = name
-        self.fleet.check(self.deployment_of(name))
-        return handle
+        deployment = self.deployment_of(name)
+        self.fleet.check(deployment)
+        return ServedModel(name, handle, self.route_of(name) or UNKNOWN_ROUTE, deployment)
 
     async def _find(self, name: str) -> DeploymentHandle | None:
         handle = self.handles.get(name)
@@ -324,10 +358,11 @@ class DataPlane:
     # --- inference (coalesced) -------------------------------------------------------------
 
     async def infer(
-        self, ctx: CallContext, name: str, request: PredictRequest, need: str | None = None
+        self, ctx: CallContext, model: ServedModel, request: PredictRequest
     ) -> tuple[int, dict[str, Any]]:
-        """One inference request: (the version that answered, its outputs)."""
-        await self.lookup(ctx, name, need)
+        """One inference request to a model looked up for it: (the version that answered,
+        its outputs)."""
+        name = model.name
         rows = self.check_rows(request)
         self.check_deadline(ctx)
         if ctx.deadline is not None:
@@ -336,7 +371,7 @@ class DataPlane:
         self.hold_decoded(size)
         try:
             # A generation is cancelled alone when its caller leaves (see Coalescer.submit).
-            alone = self.can(name, GENERATE)
+            alone = model.can(GENERATE)
             future = self._coalescer(name).submit(request, rows, size, alone)
             answer = await self._wait(ctx, name, future)
         finally:
@@ -413,6 +448,10 @@ class DataPlane:
             if waited > 0:
                 deployment = self.deployment_of(name)
                 stuck[deployment] = max(stuck.get(deployment, 0.0), waited)
+        for deployment, awaited in self._awaited.items():
+            if awaited:
+                waited = now - min(awaited.values())
+                stuck[deployment] = max(stuck.get(deployment, 0.0), waited)
         return stuck
 
     def fail_model(self, deployment: str, error: ModelUnavailable) -> None:
@@ -420,6 +459,9 @@ class DataPlane:
         for name, coalescer in self._coalescers.items():
             if self.deployment_of(name) == deployment:
                 coalescer.fail(error)
+        for outcome in self._awaited.get(deployment, {}):
+            if not outcome.done():
+                outcome.set_exception(error)
 
     # --- other model calls -----------------------------------------------------------------
 
@@ -433,9 +475,9 @@ class DataPlane:
     ) -> Any:
         """One (non-coalesced) call of a model deployment's ``method``: status, metadata,
         statistics."""
-        handle = await self.lookup(ctx, name, need)
+        model = await self.lookup(ctx, name, need)
         # ReplicaMethod(): a name that is no replica method fails here, not on the replica.
-        response = ReplicaMethod(method).of(handle).remote(*args)
+        response = ReplicaMethod(method).of(model.handle).remote(*args)
         return await self.answer(ctx, name, response, response.cancel)
 
     async def model_ready(
@@ -456,56 +498,41 @@ class DataPlane:
         response: Awaitable[Any],
         cancel: Callable[[], None] | None = None,
     ) -> Any:
-        """Await a model's answer; 503 if the model fails meanwhile, 504 past the deadline,
-        never a hang. Either way the call is cancelled."""
+        """Await a model's answer as an inference request's is awaited: 503 if the model is
+        found failed meanwhile (the fleet watcher looks at a model that keeps calls waiting),
+        504 past the deadline, never a hang. Either way the call is cancelled."""
         deployment = self.deployment_of(name)
         call = asyncio.ensure_future(self._result(name, response))
+        outcome = asyncio.get_running_loop().create_future()
+        call.add_done_callback(functools.partial(_settle, outcome))
+        awaited = self._awaited.setdefault(deployment, {})
+        awaited[outcome] = time.monotonic()
         try:
-            while True:
-                wait = 1.0
-                remaining = ctx.remaining_s()
-                if remaining is not None:
-                    wait = max(0.0, min(wait, remaining))
-                done, _ = await asyncio.wait({call}, timeout=wait)
-                if done:
-                    return call.result()
-                remaining = ctx.remaining_s()
-                if remaining is not None and remaining <= 0:
-                    raise DeadlineExceeded.for_model(name)
-                # Has the model failed meanwhile? Serve's view is read while the answer is
-                # still awaited, not instead: a slow controller delays neither the answer
-                # nor the 504 at the deadline.
-                reading = asyncio.ensure_future(self.fleet.refresh(max_age=1.0))
-                try:
-                    done, _ = await asyncio.wait(
-                        {call, reading}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    reading.cancel()  # only this wait: the shared reading goes on
-                if call in done:
-                    return call.result()
-                if reading in done and not reading.cancelled() and reading.exception() is None:
-                    self.fleet.check(deployment)
-        except (ModelUnavailable, DeadlineExceeded, asyncio.CancelledError):
+            return await self._wait(ctx, name, outcome)
+        except BaseException:
             # A call that ended already is not cancelled: Serve's cancel() of a call that
             # could not be assigned raises that error again (DeploymentUnavailableError).
             if cancel is not None and not call.done():
                 cancel()
             call.cancel()
             raise
+        finally:
+            awaited.pop(outcome, None)
+            if not awaited and self._awaited.get(deployment) is awaited:
+                del self._awaited[deployment]
 
     async def stream(
-        self, ctx: CallContext, name: str, need: str, *args: Any
+        self, ctx: CallContext, model: ServedModel, *args: Any
     ) -> tuple[Any, AsyncIterator[Any]]:
-        """A streaming generation: its first item (awaited here, so a bad request still
-        gets an error status) and the rest, each within the request's deadline. The model
-        stops generating at the deadline or when the stream is closed (client gone)."""
-        handle = await self.lookup(ctx, name, need)
+        """A streaming generation from a model looked up for it: its first item (awaited
+        here, so a bad request still gets an error status) and the rest, each within the
+        request's deadline. The model stops generating at the deadline or when the stream is
+        closed (client gone)."""
         deadline = None if ctx.deadline is None else time.time() + ctx.remaining_s()
-        streaming = handle.options(stream=True)
+        streaming = model.handle.options(stream=True)
         items = ReplicaMethod.GENERATE_STREAM.of(streaming).remote(*args, deadline)
-        first = await self.answer(ctx, name, items.__anext__(), cancel=items.cancel)
-        return first, self._rest_of_stream(ctx, name, items)
+        first = await self.answer(ctx, model.name, items.__anext__(), cancel=items.cancel)
+        return first, self._rest_of_stream(ctx, model.name, items)
 
     async def _rest_of_stream(self, ctx: CallContext, name: str, items: Any) -> AsyncIterator[Any]:
         try:
@@ -555,6 +582,21 @@ class DataPlane:
         left = min(READY_READ_S, until - time.monotonic())
         await self.fleet.refresh(max_age=1.0, timeout=max(0.0, left))
         return all(self.fleet.available(name) for name in self.fleet.model_names)
+
+
+def _settle(outcome: asyncio.Future, call: asyncio.Future) -> None:
+    """Pass a model call's end on to the future its caller awaits (unless the model was
+    found failed first)."""
+    if outcome.done():
+        if not call.cancelled():
+            call.exception()  # retrieved: the caller has its answer already
+        return
+    if call.cancelled():
+        outcome.cancel()
+    elif call.exception() is not None:
+        outcome.set_exception(call.exception())
+    else:
+        outcome.set_result(call.result())
 
 
 def tensor_bytes(request: PredictRequest) -> int:

@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from serve_app.call import CallContext
 from serve_app.dataplane import DataPlane
 from serve_app.errors import DeadlineExceeded, ServingError
 from serve_app.fleet_status import ModelHealth
-from serve_app.guard import CallContext
 from serve_app.recent import TRAFFIC, RecentTraffic
 from serve_app.replica_api import ReplicaMethod
 from serve_app.shared_read import SharedRead

@@ -1,26 +1,18 @@
-"""Per-request guards of the ingress: bearer auth, deadlines, request ids, access log, metrics.
+"""The ingress's per-request checks, transport-neutral: bearer auth, timeouts, which routes
+are open, request ids, log-safe text; and the ingress settings they read.
 
-The checks are transport-neutral (``check_auth``, ``effective_timeout``); ``GuardMiddleware``
-applies them to HTTP, as pure ASGI around the REST routes. The settings come from the app's
-``ingress`` args, set once per ingress replica by ``configure``; each request's
-``CallContext`` travels in a context variable to the routes, which hand it to the data plane.
+``serve_app/call.py`` applies them to every call, REST or gRPC.
 """
 
 from __future__ import annotations
 
-import contextvars
 import hmac
-import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app import metrics
 from serve_app.config import MAX_TOKEN_CHARS, MIN_TOKEN_CHARS, ConfigError, IngressSpec
-from serve_app.errors import InvalidInput, ServingError, Unauthorized
-
-logger = logging.getLogger("ray.serve")
+from serve_app.errors import InvalidInput, Unauthorized
 
 TIMEOUT_HEADER = "x-request-timeout-seconds"
 REQUEST_ID_HEADER = "x-request-id"
@@ -89,37 +81,6 @@ def env_tokens(variable: str) -> list[str]:
             f" {MAX_TOKEN_CHARS}"
         )
     return tokens
-
-
-@dataclass
-class CallContext:
-    """One request as every transport describes it to the data plane."""
-
-    request_id: str = "-"
-    deadline: float | None = None  # time.monotonic() by which the model must have answered
-    model: str = "-"  # set by the data plane once it knows (access log, metrics)
-
-    def remaining_s(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-
-_settings = Settings()
-_state: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
-    "serve_app_request", default=None
-)
-
-
-def configure(settings: Settings) -> None:
-    global _settings
-    _settings = settings
-
-
-def settings() -> Settings:
-    return _settings
-
-
-def current() -> CallContext | None:
-    return _state.get()
 
 
 def effective_timeout(header: str | None, settings: Settings) -> float:
@@ -191,61 +152,6 @@ def is_open(path: str, root_path: str = "") -> bool:
     return path.rstrip("/") in OPEN_PATHS
 
 
-class GuardMiddleware:
-    """Auth, deadline and request id before the app; metrics (and the access log, when on)
-    after. The request's headers are left in ``scope["serve_app.headers"]``."""
-
-    def __init__(self, app: Any, access_log: bool = False) -> None:
-        self.app = app
-        self.access_log = access_log
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        from serve_app.http import error_reply
-
-        started = time.monotonic()
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        scope["serve_app.headers"] = headers
-        path = scope.get("path", "")
-        ctx = CallContext(headers.get(REQUEST_ID_HEADER) or _serve_request_id())
-        status = 500
-
-        async def send_tracking(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        config = _settings
-        token = _state.set(ctx)
-        try:
-            try:
-                if config.tokens and not is_open(path, scope.get("root_path", "")):
-                    check_auth(header_bytes(headers.get("authorization")), config.tokens)
-                timeout = effective_timeout(headers.get(TIMEOUT_HEADER), config)
-            except ServingError as exc:
-                await error_reply(path, exc).send(send_tracking)
-                return
-            ctx.deadline = started + timeout - deadline_margin(timeout)
-            await self.app(scope, receive, send_tracking)
-        finally:
-            _state.reset(token)
-            elapsed = time.monotonic() - started
-            metrics.record_request(ctx.model, status, elapsed)
-            if self.access_log:
-                logger.info(
-                    "%s %s -> %d in %.1f ms (model %s, request id %s)",
-                    log_safe(scope.get("method", "-")),
-                    log_safe(path),
-                    status,
-                    elapsed * 1000,
-                    ctx.model,
-                    log_safe(ctx.request_id),
-                )
-
-
 def log_safe(text: str) -> str:
     """``text`` for one log line: control characters, backslashes and non-ASCII written as
     escapes. The path is percent-decoded (``%0A`` is a newline) and the request id is the
@@ -262,7 +168,7 @@ def _escape(char: str) -> str:
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
-def _serve_request_id() -> str:
+def serve_request_id() -> str:
     """Serve's own id of this request (the proxy accepts and returns ``X-Request-Id``)."""
     try:
         from ray import serve

@@ -1,7 +1,7 @@
 """HTTP pieces every REST route shares: request bodies, JSON, replies and error bodies.
 
-Pure ASGI and no web framework, so the hot routes (``serve_app/asgi.py``) and the FastAPI
-routes (``serve_app/fastapi_app.py``) write byte-identical responses.
+Pure ASGI and no web framework: the REST entry (``serve_app/asgi.py``) writes every route's
+answer with these.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from serve_app.errors import (
 )
 from serve_app.jsonio import json_bytes
 from serve_app.limits import BodyBudget
-from serve_app.protocols import openai
+from serve_app.rest import ErrorBody
 
-OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models")
 JSON = "application/json"
 # A Content-Length of more digits is over any limit (and int() of 5,000 digits fails).
 MAX_LENGTH_DIGITS = 18
@@ -65,13 +64,10 @@ def json_reply(content: Any, status: int = 200) -> Reply:
     return Reply(json_bytes(content), status)
 
 
-def error_reply(path: str, error: ServingError) -> Reply:
-    """The error in the body shape of the protocol the request spoke, with its headers."""
-    if path.rstrip("/").endswith(OPENAI_PATHS):
-        body = openai.error_body(error)
-    else:
-        body = tfserving_error_body(error)
-    return Reply(json_bytes(body), error.status_code, headers=dict(error.headers or {}))
+def error_reply(error: ServingError, errors: ErrorBody = tfserving_error_body) -> Reply:
+    """The error in the body of the route's group (``errors``; TF Serving's by default), with
+    its status and headers."""
+    return Reply(json_bytes(errors(error)), error.status_code, headers=dict(error.headers or {}))
 
 
 async def read_body(
@@ -124,7 +120,7 @@ async def read_body(
 class _Watch:
     """Ends a body read that makes no progress for ``idle_s``, or runs past ``deadline``,
     by cancelling its task. One timer per read, moved on only when it fires: cheaper than a
-    timeout around every ``receive()`` (a few microseconds a request on the hot routes).
+    timeout around every ``receive()`` (a few microseconds a request).
     Nothing else bounds the read: the ASGI server waits for the rest of a body as long as the
     connection lives (HAProxy: ``timeout client``, an hour by default)."""
 

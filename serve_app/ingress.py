@@ -1,18 +1,20 @@
 """The ingress deployment: one ASGI app speaking three protocols, and the gRPC services, routing
 by model name.
 
-Each replica builds its data plane (``serve_app/dataplane.py``: model handles, pools,
-coalescing, the fleet's health) and its ASGI app (``serve_app/asgi.py``: the guards, the
-inference hot paths, FastAPI for the other routes). Serve calls the gRPC methods by the RPC's
-name (``grpc_options`` in ``serve_config.yaml``, ``serve_app/grpc/services.py``); each hands
-the call to ``serve_app/grpc/servicers.py``. No TensorFlow or torch is imported here, so the
-ingress starts fast and stays small.
+Each replica builds its data plane (``serve_app/dataplane.py``: calls, model handles, pools,
+coalescing, the fleet's health) and its ASGI app (``serve_app/asgi.py``: each request a
+call, dispatched by the REST route table; FastAPI only for the OpenAPI pages). Serve calls
+the gRPC methods by the RPC's name (``grpc_options`` in ``serve_config.yaml``,
+``serve_app/grpc/services.py``); they are made from the table of served RPCs, each handing
+the call to the function of ``serve_app/grpc/servicers.py`` named after it. No TensorFlow
+or torch is imported here, so the ingress starts fast and stays small.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ray import serve
@@ -23,14 +25,36 @@ from serve_app.asgi import build_asgi_app
 from serve_app.dataplane import DataPlane, ModelRoute
 from serve_app.fast_path import fast_path_hint, fast_path_on
 from serve_app.fastapi_app import build_fastapi_app
-from serve_app.grpc import servicers
+from serve_app.grpc import servicers, services
 from serve_app.pool_catalog import PoolView
 
 logger = logging.getLogger("ray.serve")
 
 
+def _grpc_method(rpc: str) -> Callable[..., Awaitable[Any]]:
+    """The ingress method Serve calls for ``rpc``: the servicer function named after it. It
+    gets the request message's bytes and Serve's gRPC context (by this argument name)."""
+    handler = getattr(servicers, services.handler_name(rpc))
+
+    async def method(self: Ingress, request: bytes, grpc_context: Any) -> Any:
+        return await handler(self.plane, request, grpc_context)
+
+    method.__name__ = method.__qualname__ = rpc
+    method.__doc__ = f"gRPC ``{rpc}``: ``serve_app.grpc.servicers.{handler.__name__}``."
+    return method
+
+
+def _with_grpc_methods(cls: type) -> type:
+    """One method per served RPC (``services.METHODS``), named as the RPC: Serve calls the
+    ingress method of the RPC's name."""
+    for rpc in services.RPCS:
+        setattr(cls, rpc, _grpc_method(rpc))
+    return cls
+
+
 @serve.deployment
 @serve.ingress()
+@_with_grpc_methods
 class Ingress:
     """TF Serving REST, the Open Inference Protocol and OpenAI routes over the model handles."""
 
@@ -43,7 +67,6 @@ class Ingress:
         pool_settings: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         guard_settings = guard.Settings.from_args(settings)
-        guard.configure(guard_settings)
         pool_settings = pool_settings or {}
         pools = {
             name: PoolView(
@@ -64,45 +87,4 @@ class Ingress:
             logger.warning(fast_path_hint())
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_asgi_app(self.plane, build_fastapi_app(self.plane))
-
-    # --- gRPC: tensorflow.serving.PredictionService and ModelService -----------------------
-    # Each gets the request message's bytes and Serve's gRPC context (by this argument name).
-
-    async def Predict(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.predict(self.plane, request, grpc_context)
-
-    async def Classify(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.classify(self.plane, request, grpc_context)
-
-    async def Regress(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.regress(self.plane, request, grpc_context)
-
-    async def MultiInference(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.multi_inference(self.plane, request, grpc_context)
-
-    async def GetModelMetadata(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.get_model_metadata(self.plane, request, grpc_context)
-
-    async def GetModelStatus(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.get_model_status(self.plane, request, grpc_context)
-
-    # --- gRPC: inference.GRPCInferenceService (Open Inference Protocol) --------------------
-
-    async def ServerLive(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.server_live(self.plane, request, grpc_context)
-
-    async def ServerReady(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.server_ready(self.plane, request, grpc_context)
-
-    async def ModelReady(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.model_ready(self.plane, request, grpc_context)
-
-    async def ServerMetadata(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.server_metadata(self.plane, request, grpc_context)
-
-    async def ModelMetadata(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.model_metadata(self.plane, request, grpc_context)
-
-    async def ModelInfer(self, request: bytes, grpc_context: Any) -> Any:
-        return await servicers.model_infer(self.plane, request, grpc_context)
+        return build_asgi_app(self.plane, build_fastapi_app())

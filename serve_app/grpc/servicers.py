@@ -1,13 +1,14 @@
 """The gRPC calls over the data plane: TF Serving's ``PredictionService`` and ``ModelService``,
 and the Open Inference Protocol's ``GRPCInferenceService``.
 
-Every call goes the same way (``_serve``): the call context from the gRPC metadata (bearer
-token from ``authorization``, the deadline from the gRPC deadline, Serve's request id), the
-size limit, then a pure codec decodes the request (``serve_app/protocols/tfserving_proto.py``,
-``v2_proto.py``), the data plane answers and the codec encodes the answer. A ``ServingError``
-becomes the service's status code (``serve_app/grpc/status.py``) with the error's message as
-the details; a bug of ours is INTERNAL without a traceback. The ingress's RPC methods
-(``serve_app/ingress.py``) delegate here, one line each.
+Every call goes the same way (``_serve``): the data plane's call scope opened from the gRPC
+metadata (bearer token from ``authorization``, the timeout from the gRPC deadline, Serve's
+request id; ``serve_app/call.py``), the size limit, then a pure codec decodes the request
+(``serve_app/protocols/tfserving_proto.py``, ``v2_proto.py``), the data plane answers and
+the codec encodes the answer. A ``ServingError`` becomes the service's status code
+(``serve_app/grpc/status.py``) with the error's message as the details; a bug of ours is
+INTERNAL without a traceback. Each RPC's function is named after it (``model_infer`` for
+``ModelInfer``): the ingress's methods are made from ``services.METHODS`` by that rule.
 """
 
 from __future__ import annotations
@@ -21,19 +22,13 @@ from typing import Any
 
 import grpc
 
-from serve_app import __version__, metrics
+from serve_app import __version__
+from serve_app.call import CallContext
 from serve_app.dataplane import DataPlane
 from serve_app.errors import DeadlineExceeded, NotFound, PayloadTooLarge, ServingError
 from serve_app.grpc.services import DEADLINE_KEY
 from serve_app.grpc.status import details, tfserving_code, triton_code
-from serve_app.guard import (
-    CallContext,
-    Settings,
-    _serve_request_id,
-    check_auth,
-    deadline_margin,
-    effective_timeout,
-)
+from serve_app.guard import serve_request_id
 from serve_app.protocols import tfserving_proto as tfs
 from serve_app.protocols import v2, v2_proto
 from serve_app.replica_api import ReplicaMethod
@@ -67,27 +62,22 @@ async def _serve(
     code_of: CodeOf,
     open_call: bool = False,
 ) -> Any:
-    """One call: guards, limits, ``answer(ctx)``, errors as status codes, metrics, log."""
-    started = time.monotonic()
+    """One call: the call scope from the gRPC metadata (the bearer token from
+    ``authorization``, the timeout from the gRPC deadline, Serve's request id), the message's
+    size, ``answer(ctx)``; a ``ServingError`` as the service's status code."""
     settings = plane.settings
-    metadata = dict(grpc_context.invocation_metadata())
-    ctx = CallContext(_serve_request_id())
+    call = plane.open_call(f"gRPC {rpc}", serve_request_id())
     status, code = 200, grpc.StatusCode.OK
     try:
-        if settings.tokens and not open_call:
-            check_auth(metadata.get("authorization"), settings.tokens)
-        timeout = _timeout(metadata.get(DEADLINE_KEY), settings)
-        ctx.deadline = started + timeout - deadline_margin(timeout)
+        metadata = dict(grpc_context.invocation_metadata())
+        call.admit(metadata.get("authorization"), _timeout(metadata.get(DEADLINE_KEY)), open_call)
         if len(body) > settings.max_request_bytes:
             raise PayloadTooLarge(
                 f"request message of {len(body)} bytes exceeds the limit of"
                 f" {settings.max_request_bytes} bytes (max_request_bytes)"
             )
-        plane.bodies.take(len(body))
-        try:
-            return await answer(ctx)
-        finally:
-            plane.bodies.give(len(body))
+        call.hold(len(body))
+        return await answer(call.ctx)
     except ServingError as exc:
         status, code = exc.status_code, code_of(exc, rpc)
         grpc_context.set_code(code)
@@ -103,33 +93,23 @@ async def _serve(
         grpc_context.set_details(f"internal error ({type(exc).__name__})")
         return NO_MESSAGE
     finally:
-        elapsed = time.monotonic() - started
-        metrics.record_request(ctx.model, status, elapsed)
-        if settings.access_log:
-            logger.info(
-                "gRPC %s -> %s in %.1f ms (model %s, request id %s)",
-                rpc,
-                code.name,
-                elapsed * 1000,
-                ctx.model,
-                ctx.request_id,
-            )
+        call.close(status, code.name)
 
 
-def _timeout(deadline: str | None, settings: Settings) -> float:
-    """The call's timeout: what its gRPC deadline leaves (bounded by the maximum, as the
-    REST header is), or the default when it has none."""
+def _timeout(deadline: str | None) -> str | None:
+    """The call's timeout as the REST header would give it: what its gRPC deadline leaves
+    (None, the default, when it has none)."""
     if deadline is None:
-        return settings.request_timeout_s
+        return None
     try:
         remaining = float(deadline) - time.time()
     except ValueError:  # set by our proxy hook; a client's own value is dropped there
-        return settings.request_timeout_s
+        return None
     if math.isnan(remaining):
-        return settings.request_timeout_s
+        return None
     if remaining <= 0:
         raise DeadlineExceeded("the call's gRPC deadline had passed when it reached the ingress")
-    return effective_timeout(repr(remaining), settings)
+    return repr(remaining)
 
 
 async def _all(calls: list[Coroutine[Any, Any, Any]]) -> list[Any]:
@@ -150,7 +130,8 @@ async def predict(plane: DataPlane, body: bytes, grpc_context: Any) -> Any:
     async def answer(ctx: CallContext) -> Any:
         limit = plane.settings.max_request_bytes
         target, request = await plane.decode(ctx, len(body), tfs.decode_predict, body, limit)
-        version, outputs = await plane.infer(ctx, target.name, request)
+        model = await plane.lookup(ctx, target.name)
+        version, outputs = await plane.infer(ctx, model, request)
         return tfs.encode_predict(target, version, outputs)
 
     return await _serve(plane, "Predict", grpc_context, body, answer, tfserving_code)
@@ -167,7 +148,8 @@ async def regress(plane: DataPlane, body: bytes, grpc_context: Any) -> Any:
 async def _examples(plane: DataPlane, body: bytes, grpc_context: Any, method: str, rpc: str) -> Any:
     async def answer(ctx: CallContext) -> Any:
         target, request = await plane.decode(ctx, len(body), tfs.decode_examples, body, method)
-        version, outputs = await plane.infer(ctx, target.name, request)
+        model = await plane.lookup(ctx, target.name)
+        version, outputs = await plane.infer(ctx, model, request)
         return tfs.encode_examples(target, version, method, outputs)
 
     return await _serve(plane, rpc, grpc_context, body, answer, tfserving_code)
@@ -179,8 +161,8 @@ async def multi_inference(plane: DataPlane, body: bytes, grpc_context: Any) -> A
 
     async def answer(ctx: CallContext) -> Any:
         decoded = await plane.decode(ctx, len(body), tfs.decode_multi_inference, body)
-        name = decoded.target.name
-        answers = await _all([plane.infer(ctx, name, request) for _, request in decoded.tasks])
+        model = await plane.lookup(ctx, decoded.target.name)
+        answers = await _all([plane.infer(ctx, model, request) for _, request in decoded.tasks])
         return tfs.encode_multi_inference(decoded, answers)
 
     return await _serve(plane, "MultiInference", grpc_context, body, answer, tfserving_code)
@@ -259,7 +241,8 @@ async def model_metadata(plane: DataPlane, body: bytes, grpc_context: Any) -> An
 async def model_infer(plane: DataPlane, body: bytes, grpc_context: Any) -> Any:
     async def answer(ctx: CallContext) -> Any:
         decoded = await plane.decode(ctx, len(body), v2_proto.decode_infer, body)
-        version, outputs = await plane.infer(ctx, decoded.name, decoded.request)
+        model = await plane.lookup(ctx, decoded.name)
+        version, outputs = await plane.infer(ctx, model, decoded.request)
         return v2_proto.encode_infer(decoded, version, outputs)
 
     return await _serve(plane, "ModelInfer", grpc_context, body, answer, triton_code)

@@ -16,6 +16,7 @@ functions run. A deadline sent in that key by a client is dropped.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +48,15 @@ METHODS = {
         "ModelInfer",
     ),
 }
+
+# Every served RPC's name, once: the ingress's gRPC methods are made from it.
+RPCS = tuple(rpc for methods in METHODS.values() for rpc in methods)
+
+
+def handler_name(rpc: str) -> str:
+    """The function of ``serve_app/grpc/servicers.py`` that answers ``rpc``: its name in
+    snake case (``GetModelMetadata`` -> ``get_model_metadata``)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
 
 
 def add_PredictionServiceServicer_to_server(servicer: Any, server: Any) -> None:

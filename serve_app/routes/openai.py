@@ -10,12 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.dataplane import CallContext, DataPlane
+from serve_app.call import CallContext
+from serve_app.dataplane import DataPlane, ServedModel
 from serve_app.errors import InvalidInput, ServingError
 from serve_app.http import Reply, StreamReply, json_reply
 from serve_app.jsonio import parse_json
 from serve_app.protocols import openai
 from serve_app.request import EMBED, GENERATE, STREAM, PredictRequest
+from serve_app.rest import RestRequest, Route
 from serve_app.text_tasks import (
     COMPLETION_OUTPUTS,
     EMBEDDINGS,
@@ -47,9 +49,9 @@ async def completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply 
             f"max_tokens must be at most {MAX_NEW_TOKENS_LIMIT}, got {request.max_tokens}"
         )
     plane.check_instances(len(request.prompts) * request.n)
-    await plane.lookup(ctx, request.model, STREAM if request.stream else GENERATE)
+    model = await plane.lookup(ctx, request.model, STREAM if request.stream else GENERATE)
     if request.stream:
-        return await _stream(plane, ctx, request)
+        return await _stream(plane, ctx, model, request)
     rows = [prompt for prompt in request.prompts for _ in range(request.n)]
     predict_request = PredictRequest(
         {
@@ -59,7 +61,7 @@ async def completions(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply 
         parameters=request.generation_parameters(),
         outputs=list(COMPLETION_OUTPUTS),
     )
-    _, outputs = await plane.infer(ctx, request.model, predict_request, GENERATE)
+    _, outputs = await plane.infer(ctx, model, predict_request)
     return json_reply(openai.completion_response(request.model, outputs, request.n))
 
 
@@ -72,13 +74,12 @@ async def chat_completions(plane: DataPlane, ctx: CallContext, body: bytes) -> R
             f"max_completion_tokens must be at most {MAX_NEW_TOKENS_LIMIT},"
             f" got {request.token_budget}"
         )
-    await plane.lookup(ctx, request.model, STREAM if request.stream else GENERATE)
+    model = await plane.lookup(ctx, request.model, STREAM if request.stream else GENERATE)
     conversation = request.conversation()
     if request.stream:
         first, items = await plane.stream(
             ctx,
-            request.model,
-            STREAM,
+            model,
             conversation,
             request.token_budget,
             request.generation_parameters(),
@@ -93,7 +94,7 @@ async def chat_completions(plane: DataPlane, ctx: CallContext, body: bytes) -> R
         parameters=request.generation_parameters(),
         outputs=list(COMPLETION_OUTPUTS),
     )
-    _, outputs = await plane.infer(ctx, request.model, predict_request, GENERATE)
+    _, outputs = await plane.infer(ctx, model, predict_request)
     return json_reply(openai.chat_response(request.model, outputs))
 
 
@@ -102,14 +103,13 @@ def _chat_request(body: bytes) -> openai.ChatCompletionRequest:
 
 
 async def _stream(
-    plane: DataPlane, ctx: CallContext, request: openai.CompletionRequest
+    plane: DataPlane, ctx: CallContext, model: ServedModel, request: openai.CompletionRequest
 ) -> StreamReply:
     if len(request.prompts) != 1 or request.n != 1:
         raise InvalidInput("stream: true takes one prompt and n = 1")
     first, items = await plane.stream(
         ctx,
-        request.model,
-        STREAM,
+        model,
         request.prompts[0],
         request.max_tokens,
         request.generation_parameters(),
@@ -126,7 +126,8 @@ async def embeddings(plane: DataPlane, ctx: CallContext, body: bytes) -> Reply:
         {TEXT: np.array(request.texts, dtype=object)},
         outputs=[EMBEDDINGS, TOKEN_COUNT],
     )
-    _, outputs = await plane.infer(ctx, request.model, predict_request, EMBED)
+    model = await plane.lookup(ctx, request.model, EMBED)
+    _, outputs = await plane.infer(ctx, model, predict_request)
     return json_reply(
         openai.embedding_response(
             request.model, outputs[EMBEDDINGS], outputs[TOKEN_COUNT], request.encoding_format
@@ -159,3 +160,36 @@ async def _events(
         logger.warning("completion stream failed: %s: %s", type(exc).__name__, exc)
         yield stream.error(ServingError(f"the stream failed ({type(exc).__name__})"))
     yield stream.done()
+
+
+async def _models(r: RestRequest) -> Reply:
+    return await models(r.plane)
+
+
+async def _completions(r: RestRequest) -> Reply | StreamReply:
+    return await completions(r.plane, r.ctx, r.body)
+
+
+async def _chat_completions(r: RestRequest) -> Reply | StreamReply:
+    return await chat_completions(r.plane, r.ctx, r.body)
+
+
+async def _embeddings(r: RestRequest) -> Reply:
+    return await embeddings(r.plane, r.ctx, r.body)
+
+
+# OpenAI-compatible routes; their errors in OpenAI's body.
+ROUTES = [
+    Route("POST", "/v1/embeddings", _embeddings, openai.error_body, "OpenAI embeddings"),
+    # The client libraries some users have add a slash; it was always served.
+    Route("POST", "/v1/embeddings/", _embeddings, openai.error_body, "", in_schema=False),
+    Route("GET", "/v1/models", _models, openai.error_body, "OpenAI models list"),
+    Route("POST", "/v1/completions", _completions, openai.error_body, "OpenAI completions"),
+    Route(
+        "POST",
+        "/v1/chat/completions",
+        _chat_completions,
+        openai.error_body,
+        "OpenAI chat completions (the model's chat template)",
+    ),
+]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.dataplane import CallContext, DataPlane
-from serve_app.errors import NotFound
+from serve_app.call import CallContext
+from serve_app.dataplane import DataPlane
+from serve_app.errors import NotFound, tfserving_error_body
 from serve_app.http import Reply, json_reply
 from serve_app.jsonio import parse_json
 from serve_app.protocols import tfserving
 from serve_app.replica_api import ReplicaMethod
 from serve_app.request import CLASSIFY, JSON_ROWS, PREDICT, REGRESS, PredictRequest
+from serve_app.rest import RestRequest, Route
 
 
 def _decode(
@@ -59,15 +61,13 @@ async def post(plane: DataPlane, ctx: CallContext, path: str, body: bytes) -> Re
     route = tfserving.parse_model_path(path)
     if route.action not in (PREDICT, CLASSIFY, REGRESS):
         raise NotFound(f"/v1/models/{path}: POST needs :predict, :classify or :regress")
-    await plane.lookup(ctx, route.name)
-    model = plane.route_of(route.name)
-    json_instances = model is not None and model.json_instances
+    model = await plane.lookup(ctx, route.name)
     request, row_format = await plane.decode(
-        ctx, len(body), _decode, plane, route.action, body, json_instances
+        ctx, len(body), _decode, plane, route.action, body, model.route.json_instances
     )
     request.version = route.version
     request.label = route.label
-    _, outputs = await plane.infer(ctx, route.name, request)
+    _, outputs = await plane.infer(ctx, model, request)
     if JSON_ROWS in outputs:  # rows the model's postprocess wrote as JSON already
         return Reply(b'{"predictions":[' + b",".join(outputs[JSON_ROWS]) + b"]}")
     if route.action == CLASSIFY:
@@ -75,3 +75,30 @@ async def post(plane: DataPlane, ctx: CallContext, path: str, body: bytes) -> Re
     if route.action == REGRESS:
         return json_reply(tfserving.encode_regress(outputs))
     return json_reply(tfserving.encode_predict(outputs, row_format))
+
+
+async def _get_route(r: RestRequest) -> Reply:
+    return await get(r.plane, r.ctx, r.params["path"])
+
+
+async def _post_route(r: RestRequest) -> Reply:
+    return await post(r.plane, r.ctx, r.params["path"], r.body)
+
+
+# TF Serving REST: /v1/models/{name}[/versions/{v}|/labels/{l}][/metadata|:predict|...].
+ROUTES = [
+    Route(
+        "POST",
+        "/v1/models/{path:path}",
+        _post_route,
+        tfserving_error_body,
+        "TF Serving REST: {name}[/versions/{v}|/labels/{l}]:predict, :classify or :regress",
+    ),
+    Route(
+        "GET",
+        "/v1/models/{path:path}",
+        _get_route,
+        tfserving_error_body,
+        "TF Serving REST: {name}[/versions/{v}|/labels/{l}] status, or .../metadata",
+    ),
+]

@@ -8,12 +8,14 @@ metadata lists the served version in ``versions``.
 from __future__ import annotations
 
 from serve_app import __version__
-from serve_app.dataplane import CallContext, DataPlane
-from serve_app.errors import InvalidInput, NotFound
+from serve_app.call import CallContext
+from serve_app.dataplane import DataPlane
+from serve_app.errors import InvalidInput, NotFound, tfserving_error_body
 from serve_app.http import Reply, json_reply
 from serve_app.protocols import v2
 from serve_app.replica_api import ReplicaMethod
 from serve_app.request import MAX_VERSION_DIGITS
+from serve_app.rest import Handler, RestRequest, Route
 
 SERVER_NAME = "serve-app"
 EXTENSIONS = ["binary_tensor_data", "statistics"]
@@ -62,11 +64,11 @@ async def infer(
     body: bytes,
     header_length: str | None,
 ) -> Reply:
-    await plane.lookup(ctx, name)
+    model = await plane.lookup(ctx, name)
     decoded = await plane.decode(ctx, len(body), v2.decode_infer, body, header_length)
     decoded.request.version = version
     decoded.request.label = label
-    served, outputs = await plane.infer(ctx, name, decoded.request)
+    served, outputs = await plane.infer(ctx, model, decoded.request)
     content, json_length = v2.encode_infer(name, served, decoded, outputs)
     if json_length is None:
         return Reply(content)
@@ -86,3 +88,74 @@ def parse_version(text: str) -> int:
             f" digits, got '{text[:32]}'"
         )
     return int(text)
+
+
+def _version(r: RestRequest) -> int | None:
+    text = r.params.get("version")
+    return None if text is None else parse_version(text)
+
+
+async def _server_metadata(r: RestRequest) -> Reply:
+    return server_metadata()
+
+
+async def _live(r: RestRequest) -> Reply:
+    return live()
+
+
+async def _ready(r: RestRequest) -> Reply:
+    return await ready(r.plane, r.ctx)
+
+
+async def _model_metadata(r: RestRequest) -> Reply:
+    params = r.params
+    return await model_metadata(r.plane, r.ctx, params["name"], _version(r), params.get("label"))
+
+
+async def _model_ready(r: RestRequest) -> Reply:
+    params = r.params
+    return await model_ready(r.plane, r.ctx, params["name"], _version(r), params.get("label"))
+
+
+async def _model_stats(r: RestRequest) -> Reply:
+    return await model_stats(r.plane, r.ctx, r.params["name"])
+
+
+async def _infer(r: RestRequest) -> Reply:
+    params = r.params
+    version = _version(r)
+    length = r.headers.get(_HEADER_LENGTH)
+    return await infer(r.plane, r.ctx, params["name"], version, params.get("label"), r.body, length)
+
+
+_HEADER_LENGTH = v2.HEADER_LENGTH.lower()
+_MODEL = "/v2/models/{name}"
+_VERSION = _MODEL + "/versions/{version}"
+# Version labels: an extension of the protocol, as TF Serving has /labels/{label}.
+_LABEL = _MODEL + "/labels/{label}"
+
+
+def _rows(method: str, suffix: str, handler: Handler, summary: str) -> list[Route]:
+    """A model route, and the same for a version and for a label."""
+    return [
+        Route(method, base + suffix, handler, tfserving_error_body, f"{summary}{what}")
+        for base, what in ((_MODEL, ""), (_VERSION, " (a version)"), (_LABEL, " (a label)"))
+    ]
+
+
+# The Open Inference Protocol (V2) over REST.
+ROUTES = [
+    *_rows("POST", "/infer", _infer, "V2 inference (JSON, or Triton's binary extension)"),
+    Route("GET", "/v2", _server_metadata, tfserving_error_body, "V2 server metadata"),
+    Route("GET", "/v2/health/live", _live, tfserving_error_body, "V2 liveness"),
+    Route("GET", "/v2/health/ready", _ready, tfserving_error_body, "V2 readiness: every model"),
+    *_rows("GET", "", _model_metadata, "V2 model metadata"),
+    *_rows("GET", "/ready", _model_ready, "V2 model readiness"),
+    Route(
+        "GET",
+        _MODEL + "/stats",
+        _model_stats,
+        tfserving_error_body,
+        "Batching statistics of one replica (Triton's statistics extension)",
+    ),
+]

@@ -139,6 +139,18 @@ def test_digits_targets_are_computed_from_the_run_and_met() -> None:
     assert "c=64 throughput / in-process limit" not in targets  # a minilm target only
 
 
+def test_grpc_targets_compare_each_protocol_with_its_rest_call() -> None:
+    targets = {t.name: t for t in evaluate("digits", results()["models"]["digits"])}
+    throughput = targets["V2 gRPC c=64 throughput / REST"]
+    assert throughput.measured == pytest.approx(600 / 540) and throughput.met is True
+    latency = targets["V2 gRPC c=1 p50 minus REST"]
+    assert latency.measured == pytest.approx(4.0 - 5.0) and latency.met is True
+    # No TF Serving points in this run: not measured, so not met either.
+    assert targets["TF Serving gRPC c=64 throughput / REST"].measured is None
+    assert targets["TF Serving gRPC c=1 p50 minus REST"].met is None
+    assert not any("gRPC" in t.name for t in evaluate("minilm", results()["models"]["minilm"]))
+
+
 def test_minilm_targets_not_met_and_shown_as_such() -> None:
     run = results()
     targets = by_name(evaluate("minilm", run["models"]["minilm"]))

@@ -13,6 +13,7 @@ from serve_app.errors import DeadlineExceeded, RequestTimeout
 from serve_app.guard import Settings
 from serve_app.http import error_reply, read_body
 from serve_app.limits import BodyBudget
+from serve_app.routes import TABLE
 
 
 def _stalling(*chunks: bytes):
@@ -102,8 +103,8 @@ def test_a_cancelled_read_stays_cancelled_and_gives_back_its_bytes() -> None:
 
 def test_the_408_speaks_each_protocol_and_closes_the_connection() -> None:
     error = RequestTimeout("the request body stopped arriving")
-    v2 = error_reply("/v2/models/m/infer", error)
-    openai = error_reply("/v1/completions", error)
+    v2 = error_reply(error, TABLE.match("POST", "/v2/models/m/infer").errors)
+    openai = error_reply(error, TABLE.match("POST", "/v1/completions").errors)
     assert v2.status == openai.status == 408
     assert v2.body == b'{"error":"the request body stopped arriving"}'
     assert b'"message":"the request body stopped arriving"' in openai.body

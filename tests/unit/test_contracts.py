@@ -4,11 +4,15 @@ against the code it names (a misspelt one would otherwise fail only when used)."
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import pytest
 
 from deployments.replica import ModelReplica
 from serve_app.builders import OURS
+from serve_app.grpc import servicers
+from serve_app.grpc.services import METHODS, RPCS, handler_name
+from serve_app.ingress import Ingress
 from serve_app.replica_api import ReplicaMethod
 
 
@@ -31,3 +35,18 @@ def test_a_replica_method_binds_a_handle_by_its_plain_name() -> None:
             return type(name), name
 
     assert ReplicaMethod.MODEL_IO.of(Handle()) == (str, "model_io")
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+def test_every_served_rpc_is_an_ingress_method_over_its_servicer_function(rpc: str) -> None:
+    handler = getattr(servicers, handler_name(rpc), None)
+    assert callable(handler), f"serve_app.grpc.servicers has no {handler_name(rpc)} for {rpc}"
+    method = getattr(Ingress.func_or_class, rpc)
+    # Serve passes its gRPC context by this argument's name.
+    assert list(inspect.signature(method).parameters) == ["self", "request", "grpc_context"]
+    assert method.__name__ == rpc
+
+
+def test_the_rpc_names_are_the_services_methods_once() -> None:
+    assert len(set(RPCS)) == len(RPCS) == sum(len(m) for m in METHODS.values()) == 12
+    assert handler_name("GetModelMetadata") == "get_model_metadata"

@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from serve_app.call import CallContext
 from serve_app.dataplane import DataPlane, ModelRoute
 from serve_app.errors import DeadlineExceeded
-from serve_app.guard import CallContext, Settings
+from serve_app.guard import Settings
 from serve_app.shared_read import SharedRead
 
 T = TypeVar("T")

@@ -11,8 +11,19 @@ import re
 import pytest
 
 from serve_app import guard, metrics
+from serve_app.asgi import RestEntry
 from serve_app.config import ConfigError, parse_app_config
-from serve_app.errors import DeadlineExceeded, InvalidInput, Overloaded, Unauthorized
+from serve_app.dataplane import DataPlane
+from serve_app.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    Overloaded,
+    Unauthorized,
+    tfserving_error_body,
+)
+from serve_app.http import Reply
+from serve_app.protocols import openai
+from serve_app.rest import RestRequest, Route, RouteTable
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -182,16 +193,16 @@ def test_metrics_recording_never_raises_outside_ray():
     metrics.record_versions("m", 1)
 
 
-def _call(middleware, path: str, headers: dict[str, str | bytes]):
+def _call(entry_with, path: str, headers: dict[str, str | bytes]):
+    """One GET of ``path`` through the REST entry ``entry_with(handler)``: (status, headers,
+    body, what the route's handler saw of the call)."""
     sent: list[dict] = []
     seen: dict = {}
 
-    async def app(scope, receive, send):
-        state = guard.current()
-        seen["deadline"] = state.deadline
-        seen["request_id"] = state.request_id
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
+    async def handler(request: RestRequest) -> Reply:
+        seen["deadline"] = request.ctx.deadline
+        seen["request_id"] = request.ctx.request_id
+        return Reply(b"{}")
 
     async def receive():
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -201,59 +212,69 @@ def _call(middleware, path: str, headers: dict[str, str | bytes]):
 
     scope = {
         "type": "http",
-        "method": "POST",
+        "method": "GET",
         "path": path,
         "headers": [
             (k.lower().encode(), v if isinstance(v, bytes) else v.encode())
             for k, v in headers.items()
         ],
     }
-    asyncio.run(middleware(app)(scope, receive, send))
+    asyncio.run(entry_with(handler)(scope, receive, send))
     start = sent[0]
     body = b"".join(m.get("body", b"") for m in sent[1:])
     return start["status"], dict(start["headers"]), body, seen
 
 
+def entry(**settings):
+    """The REST entry over a data plane with these ingress settings (no model, no Ray), and
+    a table of two routes answered by the test's handler: ``/v1/completions`` in OpenAI's
+    error body, every other path in TF Serving's."""
+    plane = DataPlane("app", {}, {}, guard.Settings(**settings))
+
+    def entry_with(handler):
+        table = RouteTable(
+            [
+                Route("GET", "/v1/completions", handler, openai.error_body),
+                Route("GET", "/{path:path}", handler, tfserving_error_body),
+            ]
+        )
+        return RestEntry(plane, None, table)
+
+    return entry_with
+
+
 def test_middleware_refuses_without_token_in_the_protocol_body():
-    guard.configure(guard.Settings(tokens=(TOKEN,)))
-    try:
-        status, headers, body, seen = _call(guard.GuardMiddleware, "/v1/completions", {})
-        assert status == 401 and not seen
-        assert headers[b"www-authenticate"].startswith(b"Bearer")
-        assert "bearer token" in json.loads(body)["error"]["message"]
-        status, _, body, _ = _call(guard.GuardMiddleware, "/v2/models/m/infer", {})
-        assert status == 401 and "bearer token" in json.loads(body)["error"]
-        status, _, _, seen = _call(guard.GuardMiddleware, "/v2/health/ready", {})
-        assert status == 200
-        status, _, _, seen = _call(
-            guard.GuardMiddleware,
-            "/v2/models/m/infer",
-            {"Authorization": f"Bearer {TOKEN}", "X-Request-Id": "abc-1"},
-        )
-        assert status == 200 and seen["request_id"] == "abc-1" and seen["deadline"] is not None
-        status, _, body, _ = _call(
-            guard.GuardMiddleware,
-            "/v2/models/m/infer",
-            {"Authorization": f"Bearer {TOKEN}", "X-Request-Timeout-Seconds": "soon"},
-        )
-        assert status == 400 and "X-Request-Timeout-Seconds" in json.loads(body)["error"]
-    finally:
-        guard.configure(guard.Settings())
+    guarded = entry(tokens=(TOKEN,))
+    status, headers, body, seen = _call(guarded, "/v1/completions", {})
+    assert status == 401 and not seen
+    assert headers[b"www-authenticate"].startswith(b"Bearer")
+    assert "bearer token" in json.loads(body)["error"]["message"]
+    status, _, body, _ = _call(guarded, "/v2/models/m/infer", {})
+    assert status == 401 and "bearer token" in json.loads(body)["error"]
+    status, _, _, seen = _call(guarded, "/v2/health/ready", {})
+    assert status == 200
+    status, _, _, seen = _call(
+        guarded,
+        "/v2/models/m/infer",
+        {"Authorization": f"Bearer {TOKEN}", "X-Request-Id": "abc-1"},
+    )
+    assert status == 200 and seen["request_id"] == "abc-1" and seen["deadline"] is not None
+    status, _, body, _ = _call(
+        guarded,
+        "/v2/models/m/infer",
+        {"Authorization": f"Bearer {TOKEN}", "X-Request-Timeout-Seconds": "soon"},
+    )
+    assert status == 400 and "X-Request-Timeout-Seconds" in json.loads(body)["error"]
 
 
 def test_middleware_accepts_a_non_ascii_token_sent_as_utf8():
     token = "t\u00f6k\u00e9n-\u2603-0123456789"
-    guard.configure(guard.Settings(tokens=(token,)))
-    try:
-        header = b"Bearer " + token.encode("utf-8")
-        status, _, _, seen = _call(
-            guard.GuardMiddleware, "/v2/models/m/stats", {"Authorization": header}
-        )
-        assert status == 200 and seen
-        status, _, _, seen = _call(guard.GuardMiddleware, "/v2/models/m/stats", {})
-        assert status == 401 and not seen
-    finally:
-        guard.configure(guard.Settings())
+    guarded = entry(tokens=(token,))
+    header = b"Bearer " + token.encode("utf-8")
+    status, _, _, seen = _call(guarded, "/v2/models/m/stats", {"Authorization": header})
+    assert status == 200 and seen
+    status, _, _, seen = _call(guarded, "/v2/models/m/stats", {})
+    assert status == 401 and not seen
 
 
 class _Lines(logging.Handler):
@@ -274,7 +295,7 @@ def test_access_log_writes_one_escaped_line_for_a_path_with_cr_lf():
     log.setLevel(logging.INFO)
     try:
         status, _, _, _ = _call(
-            lambda app: guard.GuardMiddleware(app, access_log=True),
+            entry(access_log=True),
             forged,
             {"X-Request-Id": "id\tw\u00e9\\x0a"},
         )

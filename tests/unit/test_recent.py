@@ -110,7 +110,7 @@ def test_a_pool_window_combines_its_models() -> None:
 
 
 def test_every_request_metrics_records_lands_in_the_window() -> None:
-    # metrics.record_request is where HTTP (GuardMiddleware) and gRPC (servicers) count.
+    # metrics.record_request is where every call (serve_app/call.py) counts, REST or gRPC.
     metrics.record_request("hooked-model", 503, 0.020)
     metrics.record_request("hooked-model", 200, 0.010)
     seen = TRAFFIC.snapshot("hooked-model")
