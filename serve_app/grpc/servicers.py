@@ -26,6 +26,7 @@ from serve_app import __version__
 from serve_app.call import CallContext
 from serve_app.dataplane import DataPlane
 from serve_app.errors import DeadlineExceeded, NotFound, PayloadTooLarge, ServingError
+from serve_app.grpc.direct import REQUEST_ID_KEY
 from serve_app.grpc.services import DEADLINE_KEY
 from serve_app.grpc.status import details, tfserving_code, triton_code
 from serve_app.guard import serve_request_id
@@ -66,10 +67,11 @@ async def _serve(
     ``authorization``, the timeout from the gRPC deadline, Serve's request id), the message's
     size, ``answer(ctx)``; a ``ServingError`` as the service's status code."""
     settings = plane.settings
-    call = plane.open_call(f"gRPC {rpc}", serve_request_id())
+    metadata = dict(grpc_context.invocation_metadata())
+    request_id = metadata.get(REQUEST_ID_KEY) or serve_request_id()
+    call = plane.open_call(f"gRPC {rpc}", request_id)
     status, code = 200, grpc.StatusCode.OK
     try:
-        metadata = dict(grpc_context.invocation_metadata())
         call.admit(metadata.get("authorization"), _timeout(metadata.get(DEADLINE_KEY)), open_call)
         if len(body) > settings.max_request_bytes:
             raise PayloadTooLarge(

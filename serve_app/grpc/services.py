@@ -51,6 +51,9 @@ METHODS = {
 
 # Every served RPC's name, once: the ingress's gRPC methods are made from it.
 RPCS = tuple(rpc for methods in METHODS.values() for rpc in methods)
+# The full method names of the served services (Serve's own, e.g. its health service, and
+# any other keep Serve's path).
+SERVED_PREFIXES = tuple(f"/{service}/" for service in METHODS)
 
 
 def handler_name(rpc: str) -> str:
@@ -92,15 +95,22 @@ def _serialize(message: Any) -> bytes:
 
 
 def _pass_deadline(server: Any) -> None:
-    """Wrap the server's handler factory (once) so unary calls carry their deadline."""
+    """Wrap the server's handler factory (once) so unary calls carry their deadline; on an
+    ingress replica's own server (Serve's direct ingress), they go straight to the ingress's
+    methods (``serve_app/grpc/direct.py``)."""
     factory = getattr(server, "service_handler_factory", None)
     if factory is None or getattr(factory, "passes_deadline", False):
         return
+    from serve_app.grpc.direct import DirectCalls
+
+    direct = DirectCalls.for_factory(factory)
 
     def with_deadline(service_method: str, streaming_type: Any) -> Callable:
         handler = factory(service_method=service_method, streaming_type=streaming_type)
         if getattr(streaming_type, "name", "") != "UNARY_UNARY":
             return handler
+        if direct is not None and service_method.startswith(SERVED_PREFIXES):
+            return direct.unary(service_method, DeadlineContext)
 
         async def unary_unary(request: Any, context: Any) -> Any:
             return await handler(request, DeadlineContext(context))
@@ -127,6 +137,10 @@ class DeadlineContext:
 
     def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
         return self._metadata
+
+    def add_metadata(self, key: str, value: str) -> None:
+        """One more pair of invocation metadata (a request id given by the server)."""
+        self._metadata += ((key, value),)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
