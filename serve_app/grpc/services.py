@@ -11,7 +11,9 @@ Serve does not pass the call's gRPC deadline on to the deployment. Its servicer 
 (``RayServegRPCContext``) copies the invocation metadata, so the deadline is added to the
 metadata under ``DEADLINE_KEY`` (absolute, ``time.time()`` seconds), by wrapping the
 server's handler factory (Serve's ``gRPCGenericServer.service_handler_factory``) when these
-functions run. A deadline sent in that key by a client is dropped.
+functions run. A deadline sent in that key by a client is dropped. On an ingress replica's
+own server (direct ingress) that wrapper also sends each call straight to the ingress's
+method, without Serve's per-request wrapper (``serve_app/grpc/direct.py``).
 """
 
 from __future__ import annotations
