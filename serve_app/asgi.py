@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse, StreamingResponse
 from serve_app import guard
 from serve_app.call import Call
 from serve_app.dataplane import DataPlane
-from serve_app.errors import NotFound, ServingError, tfserving_error_body
+from serve_app.errors import MethodNotAllowed, NotFound, ServingError, tfserving_error_body
 from serve_app.http import Reply, StreamReply, error_reply, read_body
 from serve_app.rest import Match, RestRequest, RouteTable
 from serve_app.routes import TABLE
@@ -30,10 +30,6 @@ logger = logging.getLogger("ray.serve")
 
 # FastAPI's own pages (the OpenAPI document and its viewers), behind the same guards.
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
-
-
-class MethodNotAllowed(ServingError):
-    status_code = 405
 
 
 class RestEntry:

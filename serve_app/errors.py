@@ -41,6 +41,12 @@ class NotFound(ServingError):
     status_code = 404
 
 
+class MethodNotAllowed(ServingError):
+    """A route's path with a method it does not answer (405)."""
+
+    status_code = 405
+
+
 class UnknownLabel(NotFound):
     """A model has no version label of the name a request gives (404 on REST; TF Serving's
     gRPC answers INVALID_ARGUMENT, "Unrecognized servable version label")."""

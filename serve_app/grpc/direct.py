@@ -25,10 +25,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-logger = logging.getLogger("ray.serve")
+from serve_app.grpc.services import REQUEST_ID_KEY
 
-# Serve's gRPC request id: read from this metadata key, sent back as this trailer.
-REQUEST_ID_KEY = "request_id"
+logger = logging.getLogger("ray.serve")
 
 Unary = Callable[[bytes, Any], Awaitable[bytes]]
 
@@ -78,10 +77,10 @@ class DirectCalls:
         async def call(request: bytes, context: Any) -> bytes:
             wrapped = wrap_context(context)
             # Serve's contract: the client's request id, or a new one, sent back as a trailer.
-            request_id = dict(wrapped.invocation_metadata()).get(REQUEST_ID_KEY)
+            request_id = wrapped.request_id
             if not request_id:
                 request_id = f"{self._id_prefix}-{next(self._ids)}"
-                wrapped.add_metadata(REQUEST_ID_KEY, request_id)
+                wrapped.set_request_id(request_id)
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             method = getattr(self._user_callable.user_callable, rpc)
             self._metrics.inc_num_ongoing_requests(self._metadata)

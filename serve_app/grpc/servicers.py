@@ -26,8 +26,7 @@ from serve_app import __version__
 from serve_app.call import CallContext
 from serve_app.dataplane import DataPlane
 from serve_app.errors import DeadlineExceeded, NotFound, PayloadTooLarge, ServingError
-from serve_app.grpc.direct import REQUEST_ID_KEY
-from serve_app.grpc.services import DEADLINE_KEY
+from serve_app.grpc.services import DEADLINE_KEY, REQUEST_ID_KEY
 from serve_app.grpc.status import details, tfserving_code, triton_code
 from serve_app.guard import serve_request_id
 from serve_app.protocols import tfserving_proto as tfs

@@ -26,6 +26,8 @@ from typing import Any
 import grpc
 
 DEADLINE_KEY = "serve-app-deadline"
+# Serve's gRPC request id: read from this metadata key, sent back as this trailer.
+REQUEST_ID_KEY = "request_id"
 # grpc_options.grpc_servicer_functions: every service (serve_config.yaml, the tests' Serve).
 SERVICER_FUNCTIONS = [
     f"{__name__}.add_PredictionServiceServicer_to_server",
@@ -132,6 +134,8 @@ class DeadlineContext:
         metadata = tuple(
             (key, value) for key, value in context.invocation_metadata() if key != DEADLINE_KEY
         )
+        # Serve's request id key, read here while the metadata is copied anyway.
+        self.request_id = next((v for k, v in metadata if k == REQUEST_ID_KEY), None)
         remaining = context.time_remaining()
         if remaining is not None:
             metadata += ((DEADLINE_KEY, repr(time.time() + remaining)),)
@@ -140,9 +144,10 @@ class DeadlineContext:
     def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
         return self._metadata
 
-    def add_metadata(self, key: str, value: str) -> None:
-        """One more pair of invocation metadata (a request id given by the server)."""
-        self._metadata += ((key, value),)
+    def set_request_id(self, request_id: str) -> None:
+        """The request id given by the server, added to the invocation metadata."""
+        self.request_id = request_id
+        self._metadata += ((REQUEST_ID_KEY, request_id),)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
